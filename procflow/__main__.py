@@ -1,0 +1,7 @@
+"""``python -m procflow``: the command line."""
+
+import sys
+
+from ._cli import main
+
+sys.exit(main())

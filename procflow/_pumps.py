@@ -1,0 +1,415 @@
+"""Pump threads: the only places where procflow moves a child's bytes through Python.
+
+A feeder writes Python data to a child's stdin; a drainer reads a child's
+stdout or stderr into a capture, callbacks and/or a Python stream. Each pump
+owns exactly one parent-side pipe end and closes it in its ``finally``; each
+pump belongs to one execution, which joins it. Both poll the execution's stop
+pipe, so a pump blocked on a pipe that a grandchild holds open can always be
+told to quit.
+"""
+
+from __future__ import annotations
+
+import codecs
+import errno
+import os
+import select
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from ._log import emit
+from ._pipes import COPY_CHUNK
+
+if TYPE_CHECKING:
+    from ._supervisor import Supervisor
+
+__all__ = ["Signals", "Feeder", "Drainer", "Capture", "LineSplitter", "LimitHit", "set_nonblocking"]
+
+READ_CHUNK = 1 << 16
+WRITE_CHUNK = 1 << 20
+
+
+def set_nonblocking(fd: int) -> None:
+    os.set_blocking(fd, False)
+
+
+class LimitHit(Exception):
+    """Raised inside a drainer when a capture passes its max_bytes."""
+
+    def __init__(self, stream: str, max_bytes: int) -> None:
+        super().__init__(stream, max_bytes)
+        self.stream = stream
+        self.max_bytes = max_bytes
+
+
+class Signals:
+    """Two self-pipes shared by one execution and its pumps.
+
+    ``stop`` is fired once and never drained: every pump polling it sees it.
+    ``wake`` tells the waiting thread that something happened (a pump ended,
+    a pump failed, a cancel). The fds are closed when the execution and every
+    pump have released them, so a pump abandoned in a caller's iterator can
+    never write into a recycled fd number.
+    """
+
+    def __init__(self) -> None:
+        self.stop_r, self.stop_w = os.pipe()
+        self.wake_r, self.wake_w = os.pipe()
+        for fd in (self.stop_r, self.stop_w, self.wake_r, self.wake_w):
+            set_nonblocking(fd)
+        self.stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._refs = 1
+        self._closed = False
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._closed or self.stopped.is_set():
+                return
+            self.stopped.set()
+            os.write(self.stop_w, b"s")
+
+    def wake(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                os.write(self.wake_w, b"w")
+            except BlockingIOError:
+                pass  # already full of wake-ups: one is as good as many
+
+    def drain_wake(self) -> None:
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def retain(self) -> None:
+        with self._lock:
+            self._refs += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._refs -= 1
+            if self._refs or self._closed:
+                return
+            self._closed = True
+        for fd in (self.stop_r, self.stop_w, self.wake_r, self.wake_w):
+            os.close(fd)
+
+
+class Capture:
+    """Captured bytes kept as chunks and joined once, bounded by max_bytes."""
+
+    __slots__ = ("chunks", "max_bytes", "size", "stream")
+
+    def __init__(self, stream: str, max_bytes: int | None) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.max_bytes = max_bytes
+        self.stream = stream
+
+    def add(self, data: bytes) -> None:
+        if self.max_bytes is not None and self.size + len(data) > self.max_bytes:
+            keep = self.max_bytes - self.size
+            if keep > 0:
+                self.chunks.append(data[:keep])
+                self.size += keep
+            raise LimitHit(self.stream, self.max_bytes)
+        self.chunks.append(data)
+        self.size += len(data)
+
+    def getvalue(self) -> bytes:
+        if len(self.chunks) != 1:
+            self.chunks = [b"".join(self.chunks)]
+        return self.chunks[0]
+
+
+def split_universal(text: str) -> tuple[list[str], str]:
+    """Split on \\n, \\r\\n and \\r; returns (complete lines, the unfinished rest).
+
+    A trailing ``\\r`` is kept in the rest: the ``\\n`` of a ``\\r\\n`` may be
+    in the next read.
+    """
+    if "\r" in text:
+        hold_cr = text.endswith("\r")
+        if hold_cr:
+            text = text[:-1]
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        parts = text.split("\n")
+        rest = parts.pop()
+        if hold_cr:
+            rest += "\r"
+        return parts, rest
+    parts = text.split("\n")
+    rest = parts.pop()
+    return parts, rest
+
+
+class LineSplitter:
+    """Incrementally decode bytes and hand complete lines to ``fn``."""
+
+    def __init__(self, fn: Callable[[str], object], encoding: str, errors: str) -> None:
+        self.fn = fn
+        self.decoder = codecs.getincrementaldecoder(encoding)(errors)
+        self.rest = ""
+
+    def feed(self, data: bytes) -> None:
+        text = self.decoder.decode(data)
+        if not text:
+            return
+        lines, self.rest = split_universal(self.rest + text)
+        for line in lines:
+            self.fn(line)
+
+    def finish(self) -> None:
+        text = self.rest + self.decoder.decode(b"", final=True)
+        self.rest = ""
+        if text.endswith("\r"):
+            text = text[:-1]
+        if not text:
+            return
+        lines, rest = split_universal(text)
+        for line in lines:
+            self.fn(line)
+        if rest:
+            self.fn(rest)
+
+
+class Pump:
+    """A named daemon thread that owns one fd and reports how it ended."""
+
+    kind = "pump"
+
+    def __init__(self, name: str, fd: int, signals: Signals, supervisor: Supervisor) -> None:
+        self.fd = fd
+        self.signals = signals
+        self.supervisor = supervisor
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        signals.retain()
+        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
+
+    def start(self) -> None:
+        self.supervisor._add_thread(self.thread)
+        try:
+            self.thread.start()
+        except BaseException:
+            self.supervisor._discard_thread(self.thread)
+            os.close(self.fd)
+            self.done.set()
+            self.signals.release()
+            raise
+
+    def _main(self) -> None:
+        try:
+            self.body()
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread, never lost
+            self.error = e
+        finally:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.done.set()
+            self.signals.wake()
+            self.signals.release()
+            self.supervisor._discard_thread(self.thread)
+
+    def body(self) -> None:
+        raise NotImplementedError
+
+    def wait_fd(self, events: int) -> bool:
+        """Wait until our fd is ready; False if the execution told us to stop."""
+        p = select.poll()
+        p.register(self.fd, events)
+        p.register(self.signals.stop_r, select.POLLIN)
+        while True:
+            for fd, _ in p.poll():
+                return fd != self.signals.stop_r
+
+
+class Feeder(Pump):
+    """Writes bytes, str chunks or a Python stream to a child's stdin."""
+
+    kind = "feed"
+
+    def __init__(
+        self,
+        name: str,
+        fd: int,
+        signals: Signals,
+        supervisor: Supervisor,
+        source: Any,
+        source_kind: str,
+        encoding: str,
+        errors: str,
+        describe: Callable[[], dict[str, Any]],
+        blocked_after: float,
+    ) -> None:
+        super().__init__(name, fd, signals, supervisor)
+        self.source = source
+        self.source_kind = source_kind
+        self.encoding = encoding
+        self.errors = errors
+        self.describe = describe
+        self.bytes_written = 0
+        self.blocked_since: float | None = None
+        self.blocked_after = blocked_after
+        self.reported = False
+        self.broken = False
+
+    def blocked_fields(self) -> dict[str, Any]:
+        fields = self.describe()
+        fields["bytes_written"] = self.bytes_written
+        return fields
+
+    def _chunks(self) -> Iterator[Any]:
+        src = self.source
+        if self.source_kind == "bytes":
+            yield src.encode(self.encoding, self.errors) if isinstance(src, str) else src
+        elif self.source_kind == "iter":
+            encoder = None
+            for chunk in src:
+                if isinstance(chunk, str):
+                    if encoder is None:
+                        encoder = codecs.getincrementalencoder(self.encoding)(self.errors)
+                    chunk = encoder.encode(chunk)
+                elif not isinstance(chunk, (bytes, bytearray, memoryview)):
+                    raise TypeError(
+                        f"an .input() iterable must yield bytes or str chunks, got {type(chunk).__name__}"
+                    )
+                if chunk:
+                    yield chunk
+                if self.signals.stopped.is_set():
+                    return
+        else:  # a Python stream: a procflow.pipe() reader, io.BytesIO...
+            while True:
+                data = src.read(COPY_CHUNK)
+                if not data:
+                    return
+                if isinstance(data, str):
+                    data = data.encode(self.encoding, self.errors)
+                yield data
+
+    def body(self) -> None:
+        from ._supervisor import watchdog
+
+        try:
+            for chunk in self._chunks():
+                mv = memoryview(chunk).cast("B")
+                while mv:
+                    if self.signals.stopped.is_set():
+                        return
+                    try:
+                        n = os.write(self.fd, mv[:WRITE_CHUNK])
+                    except BlockingIOError:
+                        if self.blocked_since is None:
+                            self.blocked_since = time.monotonic()
+                            watchdog.blocked(self)
+                        if not self.wait_fd(select.POLLOUT):
+                            return
+                        continue
+                    mv = mv[n:]
+                    self.bytes_written += n
+                    if self.blocked_since is not None:
+                        self.blocked_since = None
+                        watchdog.unblocked(self)
+        except BrokenPipeError:
+            # The child exited or closed stdin without reading everything: not an error.
+            self.broken = True
+            emit("pipe.broken", stream="stdin", bytes_written=self.bytes_written, **self.describe())
+        except OSError as e:
+            if e.errno != errno.EPIPE:
+                raise
+            self.broken = True
+        finally:
+            if self.blocked_since is not None:
+                self.blocked_since = None
+                watchdog.unblocked(self)
+
+
+class Drainer(Pump):
+    """Reads a child's stdout or stderr into a capture, callbacks and/or a sink."""
+
+    kind = "drain"
+
+    def __init__(
+        self,
+        name: str,
+        fd: int,
+        signals: Signals,
+        supervisor: Supervisor,
+        capture: Capture | None,
+        chunk_callbacks: list[Callable[[bytes], object]],
+        line_splitters: list[LineSplitter],
+        sink_fd: int | None,
+        sink_stream: Any,
+        read_size: int = READ_CHUNK,
+    ) -> None:
+        super().__init__(name, fd, signals, supervisor)
+        self.capture = capture
+        self.chunk_callbacks = chunk_callbacks
+        self.line_splitters = line_splitters
+        self.sink_fd = sink_fd
+        self.sink_stream = sink_stream
+        self.read_size = read_size
+        self.eof = False
+
+    def body(self) -> None:
+        fd = self.fd
+        size = self.read_size
+        capture = self.capture
+        plain = not (self.chunk_callbacks or self.line_splitters or self.sink_fd is not None or self.sink_stream)
+        while True:
+            try:
+                data = os.read(fd, size)
+            except BlockingIOError:
+                if not self.wait_fd(select.POLLIN):
+                    return  # told to stop: a grandchild holds the pipe, or the run was aborted
+                continue
+            if not data:
+                break
+            if plain:
+                assert capture is not None
+                capture.add(data)
+            else:
+                self._deliver(data)
+        self.eof = True
+        for splitter in self.line_splitters:
+            splitter.finish()
+        if self.sink_stream is not None and hasattr(self.sink_stream, "flush"):
+            self.sink_stream.flush()
+
+    def _deliver(self, data: bytes) -> None:
+        if self.sink_fd is not None:
+            _write_all_blocking(self.sink_fd, data)
+        if self.sink_stream is not None:
+            view = memoryview(data)
+            while view:
+                n = self.sink_stream.write(view)
+                if n is None or n >= len(view):
+                    break
+                view = view[n:]
+        for cb in self.chunk_callbacks:
+            cb(data)
+        for splitter in self.line_splitters:
+            splitter.feed(data)
+        if self.capture is not None:
+            self.capture.add(data)
+
+
+def _write_all_blocking(fd: int, data: bytes) -> None:
+    mv = memoryview(data)
+    while mv:
+        try:
+            n = os.write(fd, mv)
+        except BlockingIOError:
+            p = select.poll()
+            p.register(fd, select.POLLOUT)
+            p.poll()
+            continue
+        mv = mv[n:]

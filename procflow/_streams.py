@@ -1,0 +1,397 @@
+"""Streaming a run in the caller's thread: lines(), chunks(), reader(), writer().
+
+The caller reads the last stage's stdout (or writes the first stage's stdin)
+directly on a non-blocking pipe; while it waits, the same wait also watches
+the children's exits, the run's deadline and its Cancel, so a stream never
+hangs on a grandchild that holds the pipe (the wait delay applies) and a
+timeout still stops the tree.
+"""
+
+from __future__ import annotations
+
+import codecs
+import errno
+import io
+import os
+import select
+import time
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+
+from ._exec import Execution, _LimitReached, _Stop
+from ._pumps import READ_CHUNK, split_universal
+from ._result import Result
+from ._running import watch_leak
+
+__all__ = ["StdoutReader", "StdinWriter", "LineIterator", "ChunkIterator"]
+
+
+class _StreamBase:
+    _ex: Execution
+
+    def _wait_ready(self, fd: int, events: int, held_at: float | None) -> tuple[bool, float | None]:
+        """Wait for ``fd``; returns (ready, held_at). Raises the run's error when it must stop."""
+        ex = self._ex
+        if held_at is None and all(st.reaped for st in ex.stages):
+            held_at = time.monotonic() + ex.wait_delay
+        try:
+            ready = ex.wait_event(held_at, extra=[(fd, events)])
+        except _LimitReached:
+            return False, held_at
+        except _Stop as s:
+            ex.finish(stop=s.reason)  # stops the tree; raises Cancelled/ProcTimeout/the pump's error
+            raise AssertionError("unreachable") from None
+        except BaseException:
+            ex.finish(stop="stopped")
+            raise
+        return bool(ready), held_at
+
+
+class StdoutReader(_StreamBase, io.RawIOBase):
+    """The last stage's stdout as a binary stream (``Proc.reader()``)."""
+
+    def __init__(self, ex: Execution) -> None:
+        super().__init__()
+        self._ex = ex
+        self._eof = False
+        self._held_at: float | None = None
+        watch_leak(self, ex)
+
+    @property
+    def pid(self) -> int:
+        return self._ex.stages[-1].pid
+
+    def readable(self) -> bool:
+        return True
+
+    def _read_raw(self, size: int) -> bytes:
+        """Up to ``size`` bytes as they arrive; b"" at EOF (after which the run is finished)."""
+        if self._eof:
+            return b""
+        ex = self._ex
+        while True:
+            fd = ex.out_fd
+            if fd is None:
+                break
+            try:
+                data = os.read(fd, size)
+            except BlockingIOError:
+                ready, self._held_at = self._wait_ready(fd, select.POLLIN, self._held_at)
+                if not ready and self._held_at is not None and time.monotonic() >= self._held_at:
+                    ex._held_open_expired()
+                    break
+                continue
+            if data:
+                return data
+            break
+        self._eof = True
+        ex.finish()  # raises ExitError when the run failed
+        return b""
+
+    def readinto(self, b: Any) -> int:
+        mv = memoryview(b).cast("B")
+        data = self._read_raw(len(mv))
+        mv[: len(data)] = data
+        return len(data)
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.closed:
+            raise ValueError("read from a closed reader")
+        if size is None or size < 0:
+            return self.readall()
+        if size == 0:
+            return b""
+        return self._read_raw(size)
+
+    def read1(self, size: int = -1) -> bytes:
+        return self._read_raw(READ_CHUNK if size is None or size < 0 else size)
+
+    def readall(self) -> bytes:
+        parts: list[bytes] = []
+        while True:
+            data = self._read_raw(1 << 20)
+            if not data:
+                return b"".join(parts)
+            parts.append(data)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        # RawIOBase.readline reads one byte at a time: buffer instead.
+        buf = self.__dict__.setdefault("_pending", bytearray())
+        limit = -1 if size is None else size
+        while True:
+            i = buf.find(b"\n")
+            if i >= 0 and (limit < 0 or i < limit):
+                line = bytes(buf[: i + 1])
+                del buf[: i + 1]
+                return line
+            if 0 <= limit <= len(buf):
+                line = bytes(buf[:limit])
+                del buf[:limit]
+                return line
+            data = self._read_raw(READ_CHUNK)
+            if not data:
+                line = bytes(buf)
+                buf.clear()
+                return line
+            buf += data
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            line = self.readline()
+            if not line:
+                return
+            yield line
+
+    def close(self) -> None:
+        """Stop and reap the run if it has not ended (no error for that)."""
+        if not self.closed:
+            try:
+                if not self._ex.finished:
+                    self._ex.finish(stop="stopped")
+            finally:
+                super().close()
+
+    @property
+    def result(self) -> Result | None:
+        return self._ex.result_unchecked()
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - nothing to report to at collection time
+            pass
+
+
+class LineIterator:
+    """``Proc.lines()``: decoded lines as they arrive, terminators stripped."""
+
+    def __init__(self, ex: Execution, encoding: str, errors: str) -> None:
+        self._reader = StdoutReader(ex)
+        self._decoder = codecs.getincrementaldecoder(encoding)(errors)
+        self._lines: list[str] = []
+        self._pos = 0
+        self._rest = ""
+        self._done = False
+
+    @property
+    def pid(self) -> int:
+        return self._reader.pid
+
+    def __iter__(self) -> LineIterator:
+        return self
+
+    def __next__(self) -> str:
+        while self._pos >= len(self._lines):
+            if self._done:
+                raise StopIteration
+            data = self._reader.read1(READ_CHUNK)
+            if data:
+                text = self._rest + self._decoder.decode(data)
+                self._lines, self._rest = split_universal(text)
+            else:
+                text = self._rest + self._decoder.decode(b"", final=True)
+                self._rest = ""
+                if text.endswith("\r"):
+                    text = text[:-1]
+                lines, rest = split_universal(text) if text else ([], "")
+                if rest:
+                    lines.append(rest)
+                self._lines = lines
+                self._done = True
+            self._pos = 0
+        line = self._lines[self._pos]
+        self._pos += 1
+        return line
+
+    def close(self) -> None:
+        """Stop and reap the run (if still going), close every pipe."""
+        self._done = True
+        self._reader.close()
+
+    @property
+    def result(self) -> Result | None:
+        return self._reader.result
+
+    def __enter__(self) -> LineIterator:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class ChunkIterator:
+    """``Proc.chunks()``: raw stdout chunks as they arrive."""
+
+    def __init__(self, ex: Execution) -> None:
+        self._reader = StdoutReader(ex)
+
+    @property
+    def pid(self) -> int:
+        return self._reader.pid
+
+    def __iter__(self) -> ChunkIterator:
+        return self
+
+    def __next__(self) -> bytes:
+        data = self._reader.read1(READ_CHUNK)
+        if not data:
+            raise StopIteration
+        return data
+
+    def close(self) -> None:
+        self._reader.close()
+
+    @property
+    def result(self) -> Result | None:
+        return self._reader.result
+
+    def __enter__(self) -> ChunkIterator:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class StdinWriter(_StreamBase, io.RawIOBase):
+    """The first stage's stdin as a binary stream (``Proc.writer()``).
+
+    ``write()`` blocks while the child is not reading (backpressure) but never
+    deadlocks: the child's output goes to its sinks or is drained meanwhile.
+    """
+
+    def __init__(self, ex: Execution, encoding: str | None, errors: str) -> None:
+        super().__init__()
+        self._ex = ex
+        self._encoding = encoding
+        self._errors = errors
+        self._encoder = codecs.getincrementalencoder(encoding)(errors) if encoding else None
+        self._held_at: float | None = None
+        self.bytes_written = 0
+        self.blocked_since: float | None = None
+        self.blocked_after = ex.supervisor.blocked_after
+        self.reported = False
+        self.result: Result | None = None
+        watch_leak(self, ex)
+
+    @property
+    def pid(self) -> int:
+        return self._ex.stages[0].pid
+
+    def writable(self) -> bool:
+        return True
+
+    def blocked_fields(self) -> dict[str, Any]:
+        st = self._ex.stages[0]
+        return {"pid": st.pid, "argv": list(st.argv), "bytes_written": self.bytes_written}
+
+    def write(self, b: Any) -> int:
+        if self.closed:
+            raise ValueError("write to a closed writer")
+        if isinstance(b, str):
+            if self._encoder is None:
+                raise TypeError("write() got str: call .text() on the Proc to write text")
+            data: Any = self._encoder.encode(b)
+        else:
+            data = b
+        mv = memoryview(data).cast("B")
+        total = len(mv)
+        ex = self._ex
+        from ._supervisor import watchdog
+
+        try:
+            while mv:
+                fd = ex.in_fd
+                if fd is None or ex.stdin_broken:
+                    break  # the child stopped reading: what it did not take is dropped, not an error
+                try:
+                    n = os.write(fd, mv[: 1 << 20])
+                except BlockingIOError:
+                    if self.blocked_since is None:
+                        self.blocked_since = time.monotonic()
+                        watchdog.blocked(self)
+                    ready, self._held_at = self._wait_ready(fd, select.POLLOUT, self._held_at)
+                    if not ready and self._held_at is not None and time.monotonic() >= self._held_at:
+                        ex.stdin_broken = True
+                    continue
+                except BrokenPipeError:
+                    ex.stdin_broken = True
+                    break
+                except OSError as e:
+                    if e.errno != errno.EPIPE:
+                        raise
+                    ex.stdin_broken = True
+                    break
+                mv = mv[n:]
+                self.bytes_written += n
+                if self.blocked_since is not None:
+                    self.blocked_since = None
+                    watchdog.unblocked(self)
+        finally:
+            if self.blocked_since is not None:
+                self.blocked_since = None
+                watchdog.unblocked(self)
+        return total
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        """Send EOF, wait for the run to end; raises ExitError when it failed."""
+        if self.closed:
+            return
+        ex = self._ex
+        try:
+            if self._encoder is not None and not ex.stdin_broken and ex.in_fd is not None:
+                tail = self._encoder.encode("", final=True)
+                if tail:
+                    self.write(tail)
+            fd, ex.in_fd = ex.in_fd, None
+            if fd is not None:
+                os.close(fd)
+            self.result = ex.finish()
+        finally:
+            super().close()
+
+    def abort(self) -> None:
+        """Stop the run without waiting for it to end by itself."""
+        if not self.closed:
+            try:
+                self._ex.finish(stop="stopped")
+            finally:
+                super().close()
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if e is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __del__(self) -> None:
+        try:
+            self.abort()
+        except Exception:  # noqa: BLE001
+            pass
