@@ -46,8 +46,18 @@ def venv(extras: str) -> None:
     if stamp.exists() and stamp.stat().st_mtime >= pyproject.stat().st_mtime:
         return
     if not PY.exists():
-        sh(sys.executable, "-m", "venv", VENV)
-    sh(PY, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", f".[{extras}]")
+        try:
+            sh(sys.executable, "-m", "venv", VENV)
+        except subprocess.CalledProcessError:
+            # Debian's python3 without python3-venv has no ensurepip: make the venv
+            # without pip and let this Python's pip install into it.
+            shutil.rmtree(VENV, ignore_errors=True)
+            sh(sys.executable, "-m", "venv", "--without-pip", VENV)
+    if subprocess.run([PY, "-m", "pip", "--version"], capture_output=True).returncode == 0:
+        pip = [PY, "-m", "pip"]
+    else:
+        pip = [Path(sys.executable), "-m", "pip", "--python", PY]
+    sh(*pip, "install", "-q", "--disable-pip-version-check", "-e", f".[{extras}]")
     stamp.touch()
 
 

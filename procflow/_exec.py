@@ -576,12 +576,17 @@ class Execution:
             except (psutil.Error, OSError):
                 pass
 
-    def kill_tree(self, grace: float) -> None:
-        """SIGTERM the whole tree, SIGKILL what is left after ``grace``, reap the stages."""
+    def kill_tree(self, grace: float, log: bool = True) -> None:
+        """SIGTERM the whole tree, SIGKILL what is left after ``grace``, reap the stages.
+
+        ``log=False`` when the caller asked for the stop (leaving a ``lines()``
+        loop early is not worth a warning).
+        """
         procs = [] if all(st.reaped or not st.pid for st in self.stages) else self._descendants()
         if any(st.pid and not st.reaped for st in self.stages) or procs:
             last = self.stages[-1]
-            emit("proc.kill", pid=last.pid, argv=list(last.argv), signal="SIGTERM")
+            if log:
+                emit("proc.kill", pid=last.pid, argv=list(last.argv), signal="SIGTERM")
             self._signal_tree(signal.SIGTERM, procs)
             end = time.monotonic() + grace
             while True:
@@ -595,7 +600,8 @@ class Execution:
             if procs and end - time.monotonic() > 0:
                 _, procs = psutil.wait_procs(procs, timeout=max(0.0, end - time.monotonic()))
             if any(st.pid and not st.reaped for st in self.stages) or procs:
-                emit("proc.kill", pid=last.pid, argv=list(last.argv), signal="SIGKILL")
+                if log:
+                    emit("proc.kill", pid=last.pid, argv=list(last.argv), signal="SIGKILL")
                 self._signal_tree(signal.SIGKILL, procs)
         for st in self.stages:
             if st.pid and not st.reaped:
@@ -606,7 +612,7 @@ class Execution:
         if self._aborted:
             return
         self._aborted = True
-        self.kill_tree(self.kill_grace)
+        self.kill_tree(self.kill_grace, log=self._stop_reason != "stopped")
         if self.signals is None:
             return
         # Let the pumps collect what the dead children left in the pipes, briefly.
