@@ -77,6 +77,18 @@ class StageRun:
     def reaped(self) -> bool:
         return self.returncode is not None
 
+    @property
+    def exited(self) -> bool:
+        """Exited, reaped or not. procflow reaps only when the run is finished: until
+        then the zombie keeps the pid and the process group id from being reused,
+        so the group of a run whose leader exited can still be signalled safely."""
+        return self.ended is not None
+
+    def check_exited(self) -> bool:
+        if self.ended is None and self.watch is not None and self.watch.exited():
+            self.ended = time.monotonic()
+        return self.ended is not None
+
     def reap(self, block: bool) -> bool:
         """Collect the exit status with wait4; True once reaped."""
         if self.returncode is not None:
@@ -93,7 +105,8 @@ class StageRun:
             break
         if pid == 0:
             return False
-        self.ended = time.monotonic()
+        if self.ended is None:
+            self.ended = time.monotonic()
         self.returncode = os.waitstatus_to_exitcode(status)
         if ru is not None:
             self.cpu_time = ru.ru_utime + ru.ru_stime
@@ -442,11 +455,8 @@ class Execution:
         return {fd for fd, _ in p.poll(ms)}
 
     def reap_exited(self) -> bool:
-        """Reap every stage that has exited, without blocking; True when all are reaped."""
-        for st in self.stages:
-            if not st.reaped and st.watch is not None and st.watch.exited():
-                st.reap(block=True)
-        return all(st.reaped for st in self.stages)
+        """Note every stage that has exited (without reaping it); True when all have."""
+        return all([st.check_exited() for st in self.stages])
 
     def wait_event(self, limit: float | None, extra: list[tuple[int, int]] = ()) -> set[int]:  # type: ignore[assignment]
         """One round of waiting: for a child's exit, a wake-up, ``extra`` fds or the time.
@@ -465,7 +475,7 @@ class Execution:
             reason = self._interrupt_reason()
             raise _Stop(reason or "timeout")
         fds = [(signals.wake_r, select.POLLIN)]
-        fds += [(st.watch.fd, select.POLLIN) for st in self.stages if not st.reaped and st.watch is not None]
+        fds += [(st.watch.fd, select.POLLIN) for st in self.stages if not st.exited and st.watch is not None]
         fds += list(extra)
         ready = self._poll(fds, left)
         if signals.wake_r in ready:
@@ -474,7 +484,7 @@ class Execution:
         return ready & {fd for fd, _ in extra}
 
     def _wait_exits(self, limit: float | None) -> None:
-        while not all(st.reaped for st in self.stages):
+        while not all(st.exited for st in self.stages):
             self.wait_event(limit)
 
     def _wait_pumps(self, limit: float | None) -> None:
@@ -550,7 +560,7 @@ class Execution:
     def _descendants(self) -> list[psutil.Process]:
         procs: list[psutil.Process] = []
         for st in self.stages:
-            if st.reaped or not st.pid:
+            if st.exited or not st.pid:
                 continue
             try:
                 procs.extend(psutil.Process(st.pid).children(recursive=True))
@@ -579,33 +589,50 @@ class Execution:
     def kill_tree(self, grace: float, log: bool = True) -> None:
         """SIGTERM the whole tree, SIGKILL what is left after ``grace``, reap the stages.
 
+        The tree is every unexited stage, its descendants (found with psutil:
+        children that called setsid have left the group) and whatever is still
+        in the run's process group (orphans of a stage that already exited).
         ``log=False`` when the caller asked for the stop (leaving a ``lines()``
         loop early is not worth a warning).
         """
-        procs = [] if all(st.reaped or not st.pid for st in self.stages) else self._descendants()
-        if any(st.pid and not st.reaped for st in self.stages) or procs:
-            last = self.stages[-1]
+        last = self.stages[-1]
+        procs = self._tree_snapshot()
+        if procs or any(st.pid and not st.exited for st in self.stages):
             if log:
                 emit("proc.kill", pid=last.pid, argv=list(last.argv), signal="SIGTERM")
             self._signal_tree(signal.SIGTERM, procs)
             end = time.monotonic() + grace
             while True:
                 self.reap_exited()
-                live = [st for st in self.stages if st.pid and not st.reaped and st.watch is not None]
+                live = [st for st in self.stages if st.pid and not st.exited and st.watch is not None]
                 left = end - time.monotonic()
                 if not live or left <= 0:
                     break
                 self._poll([(st.watch.fd, select.POLLIN) for st in live if st.watch], left)
-            procs = [p for p in procs if _alive(p)]
-            if procs and end - time.monotonic() > 0:
-                _, procs = psutil.wait_procs(procs, timeout=max(0.0, end - time.monotonic()))
-            if any(st.pid and not st.reaped for st in self.stages) or procs:
+            procs = _wait_gone(procs, end)
+            if procs or any(st.pid and not st.exited for st in self.stages):
                 if log:
                     emit("proc.kill", pid=last.pid, argv=list(last.argv), signal="SIGKILL")
                 self._signal_tree(signal.SIGKILL, procs)
         for st in self.stages:
             if st.pid and not st.reaped:
                 st.reap(block=True)
+
+    def _tree_snapshot(self) -> list[psutil.Process]:
+        """Descendants of the live stages, plus the other members of our process group."""
+        procs = {p.pid: p for p in self._descendants()}
+        ours = {st.pid for st in self.stages}
+        # The group id is safe to look for while one of our stages is unreaped.
+        if self.pgid is not None and any(st.pid and not st.reaped for st in self.stages):
+            for pid in psutil.pids():
+                if pid in ours or pid in procs:
+                    continue
+                try:
+                    if os.getpgid(pid) == self.pgid:
+                        procs[pid] = psutil.Process(pid)
+                except (OSError, psutil.Error):
+                    continue
+        return list(procs.values())
 
     def _abort(self) -> None:
         """Stop the tree, reap it, stop the pumps. Safe to call more than once."""
@@ -665,6 +692,9 @@ class Execution:
             signals.release()
 
     def _finish_collect(self) -> Result:
+        for st in self.stages:  # every stage has exited by now; reaping waits for nothing
+            if st.pid and not st.reaped:
+                st.reap(block=True)
         self._close_all()
         self._finished = True
         self.supervisor._discard(self)
@@ -825,6 +855,24 @@ class Execution:
             return out
         r = getattr(out, "result", None)
         return r if isinstance(r, Result) else None
+
+
+def _wait_gone(procs: list[psutil.Process], end: float) -> list[psutil.Process]:
+    """Wait until ``end`` for processes that are not our children to die; returns the living.
+
+    They cannot be waited for (a pidfd of a non-child would do, but psutil's
+    create-time check is what guards against reuse here), so this polls with a
+    growing interval; it runs only while stopping a tree. A zombie counts as
+    dead: its parent, not us, has to reap it.
+    """
+    delay = 0.005
+    while True:
+        procs = [p for p in procs if _alive(p)]
+        left = end - time.monotonic()
+        if not procs or left <= 0:
+            return procs
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, 0.1)
 
 
 def _alive(p: psutil.Process) -> bool:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._log import emit
-from ._pipes import COPY_CHUNK
+from ._pipes import COPY_CHUNK, set_pipe_size
 
 if TYPE_CHECKING:
     from ._supervisor import Supervisor
@@ -29,6 +29,11 @@ __all__ = ["Signals", "Feeder", "Drainer", "Capture", "LineSplitter", "LimitHit"
 
 READ_CHUNK = 1 << 16
 WRITE_CHUNK = 1 << 20
+#: A pump that has moved this much through a default 64 KiB pipe grows the pipe
+#: to BIG_PIPE: fewer wake-ups for bulk transfers, while the many small runs keep
+#: small pipes (a user's pipe memory is limited, see pipe(7) pipe-user-pages-soft).
+GROW_AFTER = 1 << 20
+BIG_PIPE = 1 << 20
 
 
 def set_nonblocking(fd: int) -> None:
@@ -298,6 +303,7 @@ class Feeder(Pump):
     def body(self) -> None:
         from ._supervisor import watchdog
 
+        grown = GROW_AFTER <= 0
         try:
             for chunk in self._chunks():
                 mv = memoryview(chunk).cast("B")
@@ -315,6 +321,9 @@ class Feeder(Pump):
                         continue
                     mv = mv[n:]
                     self.bytes_written += n
+                    if not grown and self.bytes_written >= GROW_AFTER:
+                        grown = True
+                        set_pipe_size(self.fd, BIG_PIPE)
                     if self.blocked_since is not None:
                         self.blocked_since = None
                         watchdog.unblocked(self)
@@ -364,7 +373,13 @@ class Drainer(Pump):
         size = self.read_size
         capture = self.capture
         plain = not (self.chunk_callbacks or self.line_splitters or self.sink_fd is not None or self.sink_stream)
+        moved = 0
+        grown = GROW_AFTER <= 0
         while True:
+            if not grown and moved >= GROW_AFTER:
+                grown = True
+                if set_pipe_size(fd, BIG_PIPE):
+                    size = max(size, BIG_PIPE)
             try:
                 data = os.read(fd, size)
             except BlockingIOError:
@@ -373,6 +388,7 @@ class Drainer(Pump):
                 continue
             if not data:
                 break
+            moved += len(data)
             if plain:
                 assert capture is not None
                 capture.add(data)

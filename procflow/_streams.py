@@ -10,14 +10,16 @@ timeout still stops the tree.
 from __future__ import annotations
 
 import codecs
+import collections
 import errno
 import io
+import itertools
 import os
 import select
 import time
 from collections.abc import Iterator
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from ._exec import Execution, _LimitReached, _Stop
 from ._pumps import READ_CHUNK, split_universal
@@ -33,7 +35,7 @@ class _StreamBase:
     def _wait_ready(self, fd: int, events: int, held_at: float | None) -> tuple[bool, float | None]:
         """Wait for ``fd``; returns (ready, held_at). Raises the run's error when it must stop."""
         ex = self._ex
-        if held_at is None and all(st.reaped for st in ex.stages):
+        if held_at is None and all(st.exited for st in ex.stages):
             held_at = time.monotonic() + ex.wait_delay
         try:
             ready = ex.wait_event(held_at, extra=[(fd, events)])
@@ -49,13 +51,20 @@ class _StreamBase:
 
 
 class StdoutReader(_StreamBase, io.RawIOBase):
-    """The last stage's stdout as a binary stream (``Proc.reader()``)."""
+    """The last stage's stdout as a binary stream (``Proc.reader()``).
+
+    ``read(n)``/``read1(n)``/``readinto(b)`` return what has arrived (at most
+    ``n`` bytes, at least one unless at EOF), as a raw stream does; ``read()``
+    reads to EOF; ``readline()`` and iteration buffer internally, and what
+    they buffered is returned first by the other reads.
+    """
 
     def __init__(self, ex: Execution) -> None:
         super().__init__()
         self._ex = ex
         self._eof = False
         self._held_at: float | None = None
+        self._pending = bytearray()  # read ahead by readline(), served first by every read
         watch_leak(self, ex)
 
     @property
@@ -65,32 +74,47 @@ class StdoutReader(_StreamBase, io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def _read_raw(self, size: int) -> bytes:
-        """Up to ``size`` bytes as they arrive; b"" at EOF (after which the run is finished)."""
+    def _read_fd(self, size: int) -> bytes:
+        """Up to ``size`` bytes from the pipe as they arrive; b"" at EOF (the run is not finished yet)."""
         if self._eof:
             return b""
         ex = self._ex
         while True:
             fd = ex.out_fd
             if fd is None:
-                break
+                return b""
             try:
-                data = os.read(fd, size)
+                return os.read(fd, size)
             except BlockingIOError:
                 ready, self._held_at = self._wait_ready(fd, select.POLLIN, self._held_at)
                 if not ready and self._held_at is not None and time.monotonic() >= self._held_at:
                     ex._held_open_expired()
-                    break
-                continue
-            if data:
-                return data
-            break
-        self._eof = True
-        ex.finish()  # raises ExitError when the run failed
-        return b""
+                    return b""
+
+    def _at_eof(self) -> None:
+        """Stdout ended: finish the run; raises ExitError when it failed."""
+        if not self._eof:
+            self._eof = True
+            self._ex.finish()
+
+    def _read_raw(self, size: int) -> bytes:
+        """Up to ``size`` bytes: what readline() buffered, else what arrives; b"" at EOF."""
+        if self.closed:
+            raise ValueError("read from a closed reader")
+        pending = self._pending
+        if pending:
+            data = bytes(pending[:size])
+            del pending[:size]
+            return data
+        data = self._read_fd(size)
+        if not data:
+            self._at_eof()
+        return data
 
     def readinto(self, b: Any) -> int:
         mv = memoryview(b).cast("B")
+        if not len(mv):
+            return 0
         data = self._read_raw(len(mv))
         mv[: len(data)] = data
         return len(data)
@@ -105,6 +129,8 @@ class StdoutReader(_StreamBase, io.RawIOBase):
         return self._read_raw(size)
 
     def read1(self, size: int = -1) -> bytes:
+        if size == 0:
+            return b""
         return self._read_raw(READ_CHUNK if size is None or size < 0 else size)
 
     def readall(self) -> bytes:
@@ -117,10 +143,13 @@ class StdoutReader(_StreamBase, io.RawIOBase):
 
     def readline(self, size: int | None = -1) -> bytes:
         # RawIOBase.readline reads one byte at a time: buffer instead.
-        buf = self.__dict__.setdefault("_pending", bytearray())
+        if self.closed:
+            raise ValueError("read from a closed reader")
+        buf = self._pending
         limit = -1 if size is None else size
+        start = 0
         while True:
-            i = buf.find(b"\n")
+            i = buf.find(b"\n", start)
             if i >= 0 and (limit < 0 or i < limit):
                 line = bytes(buf[: i + 1])
                 del buf[: i + 1]
@@ -129,10 +158,13 @@ class StdoutReader(_StreamBase, io.RawIOBase):
                 line = bytes(buf[:limit])
                 del buf[:limit]
                 return line
-            data = self._read_raw(READ_CHUNK)
+            start = len(buf)
+            data = self._read_fd(READ_CHUNK)
             if not data:
                 line = bytes(buf)
                 buf.clear()
+                if not line:
+                    self._at_eof()
                 return line
             buf += data
 
@@ -150,6 +182,7 @@ class StdoutReader(_StreamBase, io.RawIOBase):
                 if not self._ex.finished:
                     self._ex.finish(stop="stopped")
             finally:
+                self._pending.clear()
                 super().close()
 
     @property
@@ -168,51 +201,83 @@ class StdoutReader(_StreamBase, io.RawIOBase):
             pass
 
 
-class LineIterator:
-    """``Proc.lines()``: decoded lines as they arrive, terminators stripped."""
+def _line_batches(reader: StdoutReader, encoding: str, errors: str, current: list[Iterator[str]]) -> Iterator[
+    Iterator[str]
+]:
+    """Decoded, split lines, one iterator per read; ``current[0]`` is the one being consumed.
+
+    It holds the reader, not the LineIterator: no reference cycle, so dropping
+    the LineIterator stops the run at once.
+    """
+    decode = codecs.getincrementaldecoder(encoding)(errors).decode
+    read = reader._read_fd
+    split = split_universal
+    rest = ""
+    try:
+        while True:
+            if reader.closed:
+                return
+            data = read(READ_CHUNK)
+            if not data:
+                break
+            text = decode(data)
+            if rest:
+                text = rest + text
+            lines, rest = split(text)
+            if lines:
+                batch = current[0] = iter(lines)
+                yield batch
+        if reader.closed:
+            return
+        text = rest + decode(b"", final=True)
+        if text.endswith("\r"):
+            text = text[:-1]
+        if text:
+            lines, rest = split(text)
+            if rest:
+                lines.append(rest)
+            batch = current[0] = iter(lines)
+            yield batch
+        if not reader.closed:
+            reader._at_eof()  # ExitError after the last line
+    except BaseException:
+        # A decode error, the caller's KeyboardInterrupt...: stop the tree before it goes on.
+        reader.close()
+        raise
+
+
+class LineIterator(itertools.chain):  # type: ignore[type-arg]
+    """``Proc.lines()``: decoded lines as they arrive, terminators stripped.
+
+    A subclass of ``itertools.chain`` over per-read batches of lines, so that
+    the per-line step of a ``for`` loop runs in C (as iterating a file does):
+    a Python ``__next__`` per line would cost more than the reading itself.
+    """
+
+    _reader: StdoutReader
+    _current: list[Iterator[str]]
+
+    def __new__(cls, ex: Execution, encoding: str, errors: str) -> LineIterator:
+        reader = StdoutReader(ex)
+        current: list[Iterator[str]] = [iter(())]
+        self = cast(LineIterator, super().from_iterable(_line_batches(reader, encoding, errors, current)))
+        self._reader = reader
+        self._current = current
+        return self
 
     def __init__(self, ex: Execution, encoding: str, errors: str) -> None:
-        self._reader = StdoutReader(ex)
-        self._decoder = codecs.getincrementaldecoder(encoding)(errors)
-        self._lines: list[str] = []
-        self._pos = 0
-        self._rest = ""
-        self._done = False
+        pass  # everything is set up in __new__ (itertools.chain is built there)
 
     @property
     def pid(self) -> int:
         return self._reader.pid
 
-    def __iter__(self) -> LineIterator:
-        return self
-
-    def __next__(self) -> str:
-        while self._pos >= len(self._lines):
-            if self._done:
-                raise StopIteration
-            data = self._reader.read1(READ_CHUNK)
-            if data:
-                text = self._rest + self._decoder.decode(data)
-                self._lines, self._rest = split_universal(text)
-            else:
-                text = self._rest + self._decoder.decode(b"", final=True)
-                self._rest = ""
-                if text.endswith("\r"):
-                    text = text[:-1]
-                lines, rest = split_universal(text) if text else ([], "")
-                if rest:
-                    lines.append(rest)
-                self._lines = lines
-                self._done = True
-            self._pos = 0
-        line = self._lines[self._pos]
-        self._pos += 1
-        return line
-
     def close(self) -> None:
         """Stop and reap the run (if still going), close every pipe."""
-        self._done = True
-        self._reader.close()
+        try:
+            self._reader.close()
+        finally:
+            collections.deque(self._current[0], maxlen=0)  # lines already split are not returned after close
 
     @property
     def result(self) -> Result | None:
