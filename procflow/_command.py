@@ -55,6 +55,9 @@ class Command:
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable: builder methods return a new one")
 
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable: builder methods return a new one")
+
     def _apply(self: C, which: str, fn: Callable[[StageSpec], StageSpec]) -> C:
         stages = list(self._stages)
         idx = {_FIRST: [0], _LAST: [len(stages) - 1], _ALL: range(len(stages))}[which]

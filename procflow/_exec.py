@@ -16,6 +16,7 @@ Ownership, in one place:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import signal
@@ -28,12 +29,12 @@ from typing import Any
 import psutil
 
 from ._cancel import Cancel
-from ._errors import Cancelled, OutputLimitExceeded, ProcTimeout
+from ._errors import Cancelled, OutputLimitExceeded, ProcTimeout, SpawnError, SpawnError
 from ._log import emit
 from ._pipes import set_pipe_size
 from ._pumps import Capture, Drainer, Feeder, LimitHit, LineSplitter, Signals, set_nonblocking
 from ._result import Result, stage_failed
-from ._spawn import ExitWatch, check_cwd, spawn
+from ._spawn import ExitWatch, check_cwd, describe_spawn_error, spawn
 from ._spec import OutputSpec, StageSpec, fd_of
 from ._supervisor import Supervisor
 
@@ -44,6 +45,10 @@ Mode = str  # "run" | "start" | "out" (caller reads stdout) | "in" (caller write
 #: How long pumps may take to reach EOF after the tree was killed, before
 #: they are told to stop (the total stays within the API's grace + 0.5 s).
 _DRAIN_AFTER_KILL = 0.2
+#: How long stopped pumps get to notice the stop before they are abandoned (one stuck in
+#: the caller's own iterator or callback cannot be interrupted); with the drain above it
+#: keeps Cancelled/ProcTimeout within grace + 0.5 s.
+_JOIN_AFTER_STOP = 0.2
 
 
 class _Stop(Exception):
@@ -127,6 +132,16 @@ class StageRun:
         return True
 
 
+def _open_path(st: StageRun, path: str | bytes, flags: int, method: str) -> int:
+    """Open a stdin/stdout/stderr path; a failure is a SpawnError naming the path."""
+    try:
+        return os.open(path, flags, 0o666)
+    except OSError as e:
+        shown = os.fsdecode(path)
+        err = SpawnError(f"cannot open {shown!r} for {method}(): {e.strerror}", st.argv, e.errno)
+        raise err from e
+
+
 def _is_tty(fd: int) -> bool:
     try:
         return os.isatty(fd)
@@ -181,15 +196,20 @@ class Execution:
             raise self._outcome
         for spec in self.specs:
             check_cwd(spec)
-        self.signals = Signals()
+        try:
+            self.signals = Signals()
+        except OSError as e:
+            raise self._fd_exhausted(e) or e
         self.started = time.monotonic()
         if self.timeout is not None:
             self.deadline = self.started + self.timeout
         try:
             self._spawn_all()
-        except BaseException:
+        except BaseException as e:
             self._abort()
             self._close_all()
+            if isinstance(e, OSError) and not isinstance(e, SpawnError):
+                raise self._fd_exhausted(e) or e
             raise
         self.supervisor._add(self)
         if self.cancel is not None:
@@ -199,6 +219,13 @@ class Execution:
                 signals.wake()
 
             self._unsubscribe = self.cancel._subscribe(on_cancel)
+
+    def _fd_exhausted(self, e: OSError) -> SpawnError | None:
+        """Running out of fds while wiring a stage (a pipe, a pidfd) is a SpawnError naming it."""
+        if e.errno not in (errno.EMFILE, errno.ENFILE):
+            return None
+        st = next((st for st in self.stages if not st.pid), self.stages[-1])
+        return describe_spawn_error(e, st.spec, None)
 
     def _spawn_all(self) -> None:
         assert self.signals is not None
@@ -284,7 +311,7 @@ class Execution:
         if kind == "inherit":
             return None
         if kind == "path":
-            fd = os.open(src.value, os.O_RDONLY | os.O_CLOEXEC)
+            fd = _open_path(st, src.value, os.O_RDONLY | os.O_CLOEXEC, "stdin_path")
             child_ends.callback(os.close, fd)
             return fd
         if kind == "fd":
@@ -358,6 +385,9 @@ class Execution:
         kind = out.kind
         if kind == "redirect":
             return None  # resolved by the caller
+        if kind == "fd" and callable(getattr(out.value, "flush", None)):
+            # What the caller wrote to its buffered file before this run must land before the child's bytes.
+            out.value.flush()
         if not out.needs_pump:
             if kind == "inherit":
                 return None
@@ -365,7 +395,7 @@ class Execution:
                 return subprocess.DEVNULL
             if kind == "path":
                 flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if out.append else os.O_TRUNC)
-                fd = os.open(out.value, flags, 0o666)
+                fd = _open_path(st, out.value, flags, f"{stream}_path")
                 child_ends.callback(os.close, fd)
                 return fd
             if kind == "fd":
@@ -381,7 +411,7 @@ class Execution:
         sink_stream: Any = None
         if kind == "path":
             flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if out.append else os.O_TRUNC)
-            sink_fd = os.open(out.value, flags, 0o666)
+            sink_fd = _open_path(st, out.value, flags, f"{stream}_path")
             self._sink_fds.append(sink_fd)
         elif kind == "fd":
             sink_fd = fd_of(out.value)
@@ -528,13 +558,14 @@ class Execution:
             if pid == me:
                 continue
             try:
-                for entry in os.scandir(f"/proc/{pid}/fd"):
-                    try:
-                        if os.readlink(entry.path) in wanted:
-                            holders.append(pid)
-                            break
-                    except OSError:
-                        continue
+                with os.scandir(f"/proc/{pid}/fd") as entries:  # closed on the early break too
+                    for entry in entries:
+                        try:
+                            if os.readlink(entry.path) in wanted:
+                                holders.append(pid)
+                                break
+                        except OSError:
+                            continue
             except OSError:
                 continue
         return sorted(holders)
@@ -552,7 +583,7 @@ class Execution:
 
     def _stop_pumps(self) -> None:
         self._signals().stop()
-        deadline = time.monotonic() + 0.5
+        deadline = time.monotonic() + _JOIN_AFTER_STOP
         for p in self.pumps:
             p.thread.join(max(0.0, deadline - time.monotonic()))
 
@@ -595,7 +626,8 @@ class Execution:
         ``log=False`` when the caller asked for the stop (leaving a ``lines()``
         loop early is not worth a warning).
         """
-        last = self.stages[-1]
+        # The event names the last stage that was spawned (a later one may have failed to start).
+        last = next((st for st in reversed(self.stages) if st.pid), self.stages[-1])
         procs = self._tree_snapshot()
         if procs or any(st.pid and not st.exited for st in self.stages):
             if log:
@@ -695,6 +727,12 @@ class Execution:
         for st in self.stages:  # every stage has exited by now; reaping waits for nothing
             if st.pid and not st.reaped:
                 st.reap(block=True)
+        # A pump that is done still holds the signal pipes until its last line runs: join it,
+        # so that when the run returns none of its fds is open (an abandoned pump is not done).
+        me = threading.current_thread()
+        for p in self.pumps:
+            if p.done.is_set() and p.thread is not me:
+                p.thread.join(1.0)
         self._close_all()
         self._finished = True
         self.supervisor._discard(self)
@@ -748,8 +786,11 @@ class Execution:
         last = stage_results[-1]
         errs = [r.stderr for r in stage_results if r.stderr is not None]
         stderr: Any = None
-        if errs:
-            stderr = "".join(errs) if isinstance(errs[0], str) else b"".join(errs)
+        if errs and any(isinstance(e, str) for e in errs):
+            # Stages with and without .text(): the joined stderr is text, bytes decoded leniently.
+            stderr = "".join(e if isinstance(e, str) else e.decode("utf-8", "replace") for e in errs)
+        elif errs:
+            stderr = b"".join(errs)
         return Result(
             last.argv,
             stage_results[failing].returncode if failing is not None else 0,
@@ -811,6 +852,11 @@ class Execution:
             if self._finished:
                 return self._return_outcome(check=stop is None)
             try:
+                if stop is not None:
+                    # Asked to stop (close() before EOF, a `with` left by an exception): stop the
+                    # tree even if every stage has exited meanwhile (a grandchild may hold a pipe),
+                    # and do not raise ExitError for a status the caller did not wait for.
+                    raise _Stop(self._stop_reason or stop)
                 self._wait_exits(limit)
                 self._wait_pumps(limit)
             except _LimitReached:
@@ -830,8 +876,9 @@ class Execution:
                 # The caller's exception (KeyboardInterrupt included): stop everything, then let it go on.
                 self._caller_exc = e
                 self._abort()
-                self._finish_collect()
-                self._outcome = e
+                # The run's outcome is what the stopped tree left (poll() returns it, a later
+                # wait() reports the signal); the caller's exception goes on, once.
+                self._outcome = self._finish_collect()
                 raise
             result = self._finish_collect()
             for p in self.pumps:

@@ -18,7 +18,7 @@ import threading
 from typing import Any
 
 from ._errors import SpawnError
-from ._secret import display_arg, reveal
+from ._secret import REDACTED, Secret, display_arg, reveal
 from ._spec import StageSpec
 
 __all__ = ["spawn", "ExitWatch", "describe_spawn_error", "check_cwd"]
@@ -99,6 +99,9 @@ def spawn(
             process_group=process_group,
         )
     except OSError as e:
+        if isinstance(spec.argv[0], Secret) and e.filename is not None:
+            # The chained OSError would print the secret program name in a traceback.
+            e.filename = REDACTED
         raise describe_spawn_error(e, spec, env) from e
     except (ValueError, subprocess.SubprocessError) as e:
         raise SpawnError(f"cannot start {display_arg(spec.argv[0])!r}: {e}", spec.display_argv, None) from e

@@ -177,11 +177,6 @@ def kill_self(sig: str) -> None:
     time.sleep(5)
 
 
-def sigpipe_default() -> None:
-    """Exit 0 if SIGPIPE is at its default disposition, 1 otherwise."""
-    sys.exit(0 if signal.getsignal(signal.SIGPIPE) == signal.SIG_DFL else 1)
-
-
 BEHAVIOURS = {
     "cat": cat,
     "echo": echo,
@@ -200,8 +195,141 @@ BEHAVIOURS = {
     "pwd": pwd,
     "pgid": pgid,
     "kill_self": kill_self,
-    "sigpipe_default": sigpipe_default,
 }
+
+
+# -- behaviours for the core engine tests (test_run / test_errors) ------------------
+
+
+def split_utf8(n: str) -> None:
+    """Write N multibyte characters, each split across two flushed writes (a pause between)."""
+    chars = "é€😀"
+    for i in range(int(n)):
+        data = chars[i % len(chars)].encode()
+        half = len(data) // 2 or 1
+        OUT.write(data[:half])
+        OUT.flush()
+        time.sleep(0.002)
+        OUT.write(data[half:])
+        OUT.flush()
+    OUT.write(b"\n")
+
+
+def burn_cpu(seconds: str) -> None:
+    """Spin until this process has used SECONDS of CPU time."""
+    end = float(seconds)
+    x = 0
+    while time.process_time() < end:
+        x += 1
+    OUT.write(b"burnt\n")
+
+
+def alloc(mib: str) -> None:
+    """Allocate and touch MIB mebibytes, then exit."""
+    block = b"x" * (int(mib) << 20)
+    OUT.write(f"{len(block)}\n".encode())
+
+
+def open_fds() -> None:
+    """Print the fds open in this process (the fd used to list them excluded)."""
+    listed = sorted(int(f) for f in os.listdir("/proc/self/fd"))
+    still = []
+    for fd in listed:
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        still.append(str(fd))
+    OUT.write((" ".join(still) + "\n").encode())
+
+
+def read_all() -> None:
+    """Read stdin to EOF and print how many bytes came."""
+    n = 0
+    while True:
+        data = os.read(0, 1 << 16)
+        if not data:
+            break
+        n += len(data)
+    OUT.write(f"read={n}\n".encode())
+
+
+BEHAVIOURS.update(
+    {
+        "split_utf8": split_utf8,
+        "burn_cpu": burn_cpu,
+        "alloc": alloc,
+        "open_fds": open_fds,
+        "read_all": read_all,
+    }
+)
+
+# -- behaviours for the streaming tests (test_streaming) ------------------------------
+
+
+def _pipe_unread(fd: int) -> int:
+    import fcntl
+    import struct
+    import termios
+
+    return int(struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0])
+
+
+def drained_writes(stream: str, *hex_pieces: str) -> None:
+    """Write each hex-encoded piece, then wait until the reader has emptied the pipe.
+
+    So each piece arrives in a read of its own: a character or a \\r\\n split
+    between pieces is split between the parent's reads, deterministically.
+    """
+    out, fd = (OUT, 1) if stream == "stdout" else (ERR, 2)
+    for piece in hex_pieces:
+        out.write(bytes.fromhex(piece))
+        out.flush()
+        end = time.monotonic() + 30
+        while _pipe_unread(fd) and time.monotonic() < end:
+            time.sleep(0.001)
+
+
+def ready_echo(code: str = "0") -> None:
+    """Print ``ready``, then echo each stdin line (flushed) until EOF, then exit CODE."""
+    OUT.write(b"ready\n")
+    OUT.flush()
+    for line in sys.stdin.buffer:
+        OUT.write(line)
+        OUT.flush()
+    sys.exit(int(code))
+
+
+def gate_then_count(gate_fd: str) -> None:
+    """Wait for one byte on fd GATE_FD, then read stdin to EOF and print the byte count."""
+    os.read(int(gate_fd), 1)
+    n = 0
+    while True:
+        data = os.read(0, 1 << 16)
+        if not data:
+            break
+        n += len(data)
+    OUT.write(f"{n}\n".encode())
+
+
+def lines_forever(prefix: str = "line") -> None:
+    """Print numbered lines forever (until killed or the pipe breaks)."""
+    i = 0
+    while True:
+        OUT.write(f"{prefix} {i}\n".encode())
+        i += 1
+        if i % 100 == 0:
+            OUT.flush()
+
+
+BEHAVIOURS.update(
+    {
+        "drained_writes": drained_writes,
+        "ready_echo": ready_echo,
+        "gate_then_count": gate_then_count,
+        "lines_forever": lines_forever,
+    }
+)
 
 if __name__ == "__main__":
     BEHAVIOURS[sys.argv[1]](*sys.argv[2:])  # type: ignore[operator]
