@@ -611,6 +611,13 @@ class Execution:
         for st in live:
             if st.watch is not None:
                 st.watch.send_signal(sig)
+            else:
+                # Interrupted between the spawn and its exit watch: the pid is
+                # unreaped, so it cannot have been recycled; signal it directly.
+                try:
+                    os.kill(st.pid, sig)
+                except ProcessLookupError:
+                    pass
         for p in procs:
             try:
                 p.send_signal(sig)  # psutil refuses a pid that was reused

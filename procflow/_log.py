@@ -33,10 +33,34 @@ def _render(event: str, fields: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def _structlog_configured() -> bool:
+    """True when the application set structlog up: events then go through its processors.
+
+    ``is_configured()`` alone is not enough: ``structlog.testing.capture_logs()``
+    (and a bare ``configure()``) leave structlog "configured" with its built-in
+    processors and logger factory, whose ConsoleRenderer prints on stdout, where
+    procflow must never write. That state counts as not configured.
+    """
+    if not structlog.is_configured():
+        return False
+    builtin = getattr(structlog, "_config", None)
+    default_processors = getattr(builtin, "_BUILTIN_DEFAULT_PROCESSORS", None)
+    default_factory = getattr(builtin, "_BUILTIN_DEFAULT_LOGGER_FACTORY", None)
+    if default_processors is None or default_factory is None:
+        return True  # a structlog without these internals: trust is_configured()
+    config = structlog.get_config()
+    processors = config["processors"]
+    return not (
+        config["logger_factory"] is default_factory
+        and len(processors) == len(default_processors)
+        and all(a is b for a, b in zip(processors, default_processors, strict=True))
+    )
+
+
 def emit(event: str, **fields: Any) -> None:
     """Log one procflow event (level chosen by its name)."""
     level = DEBUG if event in _DEBUG_EVENTS else WARNING
-    if structlog.is_configured():
+    if _structlog_configured():
         logger = structlog.get_logger("procflow")
         try:
             if level == DEBUG:
