@@ -118,6 +118,34 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise _Terminated()
 
 
+def _stop_orphans(grace: float) -> None:
+    """Stop every child still alive after procflow itself was interrupted.
+
+    A signal that lands while a stage is being spawned can interrupt the spawn
+    after the child started and before its pid was returned: the library then
+    cannot stop it. ``procflow run`` starts nothing but the pipeline, so any
+    child left here is one of its stages (or theirs).
+    """
+    import psutil
+
+    try:
+        procs = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=1.0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -176,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = 128 + signal.SIGTERM
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if status in (128 + signal.SIGINT, 128 + signal.SIGTERM) and result is None:
+        _stop_orphans(2.0 if ns.kill_grace is None else ns.kill_grace)
     if ns.summary and result is not None:
         print(_summary(result), file=sys.stderr)
     return status

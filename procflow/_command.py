@@ -314,6 +314,17 @@ class Command:
     # -- running ------------------------------------------------------------------------
     def _execution(self, mode: str, cancel: object, supervisor: object) -> Execution:
         c, sup = _check_run_args(cancel, supervisor)
+        # lines()/chunks()/reader() take stdout, writer() takes stdin: a setting they would
+        # silently replace (a capture, a callback, a path, an .input()) is a mistake to name.
+        if mode == "out" and self._stages[-1].stdout.explicit:
+            out = self._stages[-1].stdout
+            what = "on_stdout() callbacks" if out.callbacks and out.kind == "none" else f"stdout ({out.kind})"
+            raise ValueError(f"lines()/chunks()/reader() read stdout themselves, but {_show(self._stages[-1])} "
+                             f"already sends {what} elsewhere")
+        first_in = self._stages[0].stdin
+        if mode == "in" and (first_in.kind != "null" or first_in.value is explicit_marker):
+            raise ValueError(f"writer() feeds stdin itself, but {_show(self._stages[0])} already has a stdin "
+                             f"({first_in.kind})")
         ex = Execution(self._stages, mode, c, sup)
         ex.start()
         return ex

@@ -29,7 +29,7 @@ from typing import Any
 import psutil
 
 from ._cancel import Cancel
-from ._errors import Cancelled, OutputLimitExceeded, ProcTimeout, SpawnError, SpawnError
+from ._errors import Cancelled, OutputLimitExceeded, ProcTimeout, SpawnError
 from ._log import emit
 from ._pipes import set_pipe_size
 from ._pumps import Capture, Drainer, Feeder, LimitHit, LineSplitter, Signals, set_nonblocking
@@ -199,7 +199,10 @@ class Execution:
         try:
             self.signals = Signals()
         except OSError as e:
-            raise self._fd_exhausted(e) or e
+            exhausted = self._fd_exhausted(e)
+            if exhausted is None:
+                raise
+            raise exhausted from e
         self.started = time.monotonic()
         if self.timeout is not None:
             self.deadline = self.started + self.timeout
@@ -208,9 +211,10 @@ class Execution:
         except BaseException as e:
             self._abort()
             self._close_all()
-            if isinstance(e, OSError) and not isinstance(e, SpawnError):
-                raise self._fd_exhausted(e) or e
-            raise
+            exhausted = self._fd_exhausted(e) if isinstance(e, OSError) and not isinstance(e, SpawnError) else None
+            if exhausted is None:
+                raise
+            raise exhausted from e
         self.supervisor._add(self)
         if self.cancel is not None:
             signals = self.signals
@@ -395,6 +399,8 @@ class Execution:
                 return subprocess.DEVNULL
             if kind == "path":
                 flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if out.append else os.O_TRUNC)
+                if stream == "stderr" and len(self.stages) > 1:
+                    flags |= os.O_APPEND  # stages share the file: the first truncates, none overwrites another
                 fd = _open_path(st, out.value, flags, f"{stream}_path")
                 child_ends.callback(os.close, fd)
                 return fd
@@ -411,6 +417,8 @@ class Execution:
         sink_stream: Any = None
         if kind == "path":
             flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if out.append else os.O_TRUNC)
+            if stream == "stderr" and len(self.stages) > 1:
+                flags |= os.O_APPEND  # stages share the file: the first truncates, none overwrites another
             sink_fd = _open_path(st, out.value, flags, f"{stream}_path")
             self._sink_fds.append(sink_fd)
         elif kind == "fd":

@@ -59,6 +59,8 @@ class _PipeState:
         self.writer_closed = False
         self.error: BaseException | None = None
         self.reader_closed = False
+        # Held for a whole write(): concurrent writes are never interleaved (as Go's io.Pipe).
+        self.write_lock = threading.Lock()
 
 
 class PipeReader(io.RawIOBase):
@@ -162,9 +164,13 @@ class PipeWriter(io.RawIOBase):
         s = self._s
         total = len(data)
         off = 0
-        with s.cond:
+        with s.write_lock, s.cond:
             while off < total:
                 if s.reader_closed:
+                    if self.blocked_since is not None:
+                        # Not blocked any more: the watchdog must not report (or keep) this writer.
+                        self.blocked_since = None
+                        watchdog.unblocked(self)
                     raise BrokenPipeError(errno.EPIPE, "the pipe's reader was closed")
                 room = s.capacity - s.size
                 if room <= 0:
@@ -316,17 +322,27 @@ def _wait_fd(fd: int, events: int, cancel: Cancel | None) -> None:
             return
 
 
-def _write_all(fd: int, data: Any, cancel: Cancel | None) -> None:
+def _ready(fd: int, events: int) -> bool:
+    p = select.poll()
+    p.register(fd, events)
+    return bool(p.poll(0))
+
+
+def _write_all(fd: int, data: Any, cancel: Cancel | None) -> int:
+    """Write all of ``data`` (less only when cancelled); returns how much was written."""
     mv = memoryview(data)
+    done = 0
     while mv:
         try:
             n = os.write(fd, mv)
         except BlockingIOError:
             _wait_fd(fd, select.POLLOUT, cancel)
             if cancel is not None and cancel.cancelled:
-                return
+                return done
             continue
         mv = mv[n:]
+        done += n
+    return done
 
 
 def _copy_fds(sfd: int, dfd: int, cancel: Cancel | None) -> int:
@@ -336,25 +352,36 @@ def _copy_fds(sfd: int, dfd: int, cancel: Cancel | None) -> int:
     use_splice = hasattr(os, "splice") and (stat.S_ISFIFO(s_mode) or stat.S_ISFIFO(d_mode))
     use_sendfile = not use_splice and stat.S_ISREG(s_mode) and hasattr(os, "sendfile")
     buf = bytearray(COPY_CHUNK) if not (use_splice or use_sendfile) else None
+    # With a Cancel, splice must not sleep in the kernel on an idle pipe: it returns
+    # EAGAIN instead and we wait in poll(), which checks the token every 100 ms.
+    splice_flags = getattr(os, "SPLICE_F_NONBLOCK", 0) if cancel is not None else 0
     while True:
         if cancel is not None and cancel.cancelled:
             break
         try:
             if use_splice:
-                n = os.splice(sfd, dfd, COPY_CHUNK)
+                n = os.splice(sfd, dfd, COPY_CHUNK, flags=splice_flags)
             elif use_sendfile:
                 n = os.sendfile(dfd, sfd, None, COPY_CHUNK)
             else:
                 assert buf is not None
+                if cancel is not None:
+                    _wait_fd(sfd, select.POLLIN, cancel)
+                    if cancel.cancelled:
+                        break
                 n = os.readv(sfd, [buf])
                 if n:
-                    _write_all(dfd, memoryview(buf)[:n], cancel)
+                    written = _write_all(dfd, memoryview(buf)[:n], cancel)
+                    if written < n:  # cancelled mid-chunk
+                        total += written
+                        break
         except BlockingIOError:
-            # One of the ends is non-blocking: wait for the one that is not ready.
-            p = select.poll()
-            p.register(sfd, select.POLLIN)
-            p.register(dfd, select.POLLOUT)
-            p.poll(100)
+            # An end is not ready (a non-blocking fd, or SPLICE_F_NONBLOCK): wait for that
+            # one (polling both would spin while the other one is ready).
+            if _ready(sfd, select.POLLIN):
+                _wait_fd(dfd, select.POLLOUT, cancel)
+            else:
+                _wait_fd(sfd, select.POLLIN, cancel)
             continue
         except OSError as e:
             if e.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP) and (use_splice or use_sendfile):
@@ -397,6 +424,10 @@ def copy(src: Any, dst: Any, *, cancel: Cancel | None = None) -> int:
     mv = memoryview(buf)
     while not (cancel is not None and cancel.cancelled):
         if sfd is not None:
+            if cancel is not None:
+                _wait_fd(sfd, select.POLLIN, cancel)  # a blocking read would not see the token
+                if cancel.cancelled:
+                    break
             try:
                 n = os.readv(sfd, [buf])
             except BlockingIOError:
@@ -418,7 +449,9 @@ def copy(src: Any, dst: Any, *, cancel: Cancel | None = None) -> int:
         if n == 0:
             break
         if dfd is not None:
-            _write_all(dfd, chunk, cancel)
+            written = _write_all(dfd, chunk, cancel)
+            if written < n:  # cancelled mid-chunk
+                return total + written
         else:
             # write() of a raw stream may write less than asked: finish it.
             view = memoryview(chunk)

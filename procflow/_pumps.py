@@ -61,7 +61,12 @@ class Signals:
 
     def __init__(self) -> None:
         self.stop_r, self.stop_w = os.pipe()
-        self.wake_r, self.wake_w = os.pipe()
+        try:
+            self.wake_r, self.wake_w = os.pipe()
+        except BaseException:  # EMFILE on the second pipe: the first one must not leak
+            os.close(self.stop_r)
+            os.close(self.stop_w)
+            raise
         for fd in (self.stop_r, self.stop_w, self.wake_r, self.wake_w):
             set_nonblocking(fd)
         self.stopped = threading.Event()

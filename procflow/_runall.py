@@ -60,7 +60,10 @@ def run_all(
         nonlocal next_index
         while True:
             with lock:
-                if next_index >= len(items) or (fail_fast and first_failure) or group.cancelled:
+                # Once cancelled, stop picking after the first Cancelled is recorded (a command run
+                # with a cancelled token raises Cancelled without spawning): so that a token
+                # cancelled before run_all still gives Cancelled, not "some commands did not run".
+                if next_index >= len(items) or (fail_fast and first_failure) or (group.cancelled and errors):
                     return
                 i = next_index
                 next_index += 1

@@ -49,6 +49,21 @@ class _StreamBase:
             raise
         return bool(ready), held_at
 
+    def _check_running(self) -> bool:
+        """On the data path too, not only when waiting: a passed deadline, a Cancel or a pump's
+        error stops the run and raises here, even while the child keeps the pipe busy.
+        Returns False when the run was stopped without an error (nothing more to move)."""
+        ex = self._ex
+        reason = ex._interrupt_reason()
+        if reason is None:
+            return True
+        if reason == "timeout" and ex.reap_exited():
+            # The children have exited: nothing is left to stop, and what they wrote can still
+            # be read (a pipe a grandchild holds open is for the wait, when the pipe goes idle).
+            return True
+        ex.finish(stop=reason)  # stops the tree; raises Cancelled/ProcTimeout/the pump's error
+        return False
+
 
 class StdoutReader(_StreamBase, io.RawIOBase):
     """The last stage's stdout as a binary stream (``Proc.reader()``).
@@ -82,6 +97,9 @@ class StdoutReader(_StreamBase, io.RawIOBase):
         while True:
             fd = ex.out_fd
             if fd is None:
+                return b""
+            if not self._check_running():
+                self._eof = True
                 return b""
             try:
                 return os.read(fd, size)
@@ -246,7 +264,7 @@ def _line_batches(reader: StdoutReader, encoding: str, errors: str, current: lis
         raise
 
 
-class LineIterator(itertools.chain):  # type: ignore[type-arg]
+class LineIterator(itertools.chain[str]):
     """``Proc.lines()``: decoded lines as they arrive, terminators stripped.
 
     A subclass of ``itertools.chain`` over per-read batches of lines, so that
@@ -390,6 +408,8 @@ class StdinWriter(_StreamBase, io.RawIOBase):
                 fd = ex.in_fd
                 if fd is None or ex.stdin_broken:
                     break  # the child stopped reading: what it did not take is dropped, not an error
+                if not self._check_running():
+                    break
                 try:
                     n = os.write(fd, mv[: 1 << 20])
                 except BlockingIOError:
