@@ -34,7 +34,7 @@ from ._log import emit
 from ._pipes import set_pipe_size
 from ._pumps import Capture, Drainer, Feeder, LimitHit, LineSplitter, Signals, set_nonblocking
 from ._result import Result, stage_failed
-from ._spawn import ExitWatch, check_cwd, describe_spawn_error, spawn
+from ._spawn import ExitWatch, check_cwd, defer_sigint, describe_spawn_error, spawn
 from ._spec import OutputSpec, StageSpec, fd_of
 from ._supervisor import Supervisor
 
@@ -277,8 +277,9 @@ class Execution:
                     else:
                         group = self.pgid
                     st.started = time.monotonic()
-                    st.pid = spawn(spec, stdin, stdout, stderr, group, env)
-                    st.watch = ExitWatch(st.pid)
+                    with defer_sigint():  # Ctrl-C lands after the pid is recorded, never before
+                        st.pid = spawn(spec, stdin, stdout, stderr, group, env)
+                        st.watch = ExitWatch(st.pid)
                     if group == 0:
                         self.pgid = st.pid
                 emit("proc.spawn", pid=st.pid, argv=list(st.argv))
@@ -669,6 +670,18 @@ class Execution:
         """Descendants of the live stages, plus the other members of our process group."""
         procs = {p.pid: p for p in self._descendants()}
         ours = {st.pid for st in self.stages}
+        # Whoever holds our pipes came from the tree, even a grandchild that called
+        # setsid after its parent exited. Worth a /proc scan when the run is being
+        # stopped by a timeout, a cancel or an error, not when the caller closes early.
+        if self._stop_reason not in (None, "stopped"):
+            fds = [p.fd for p in self.pumps if not p.done.is_set()]
+            fds += [fd for fd in (self.out_fd, self.in_fd) if fd is not None]
+            for pid in self.held_open_pids(fds):
+                if pid not in ours and pid not in procs:
+                    try:
+                        procs[pid] = psutil.Process(pid)
+                    except psutil.Error:
+                        pass
         # The group id is safe to look for while one of our stages is unreaped.
         if self.pgid is not None and any(st.pid and not st.reaped for st in self.stages):
             for pid in psutil.pids():
@@ -877,6 +890,8 @@ class Execution:
             except _LimitReached:
                 raise
             except _Stop as s:
+                if self._stop_reason is None:
+                    self._stop_reason = s.reason
                 if s.reason == "timeout":
                     last = self.stages[-1]
                     emit("proc.timeout", pid=last.pid, argv=list(last.argv), timeout=self.timeout)

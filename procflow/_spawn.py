@@ -13,6 +13,7 @@ import errno
 import os
 import select
 import shutil
+import signal
 import subprocess
 import threading
 from typing import Any
@@ -109,6 +110,46 @@ def spawn(
     # Popen.__del__ and subprocess._cleanup() from ever waiting on it.
     popen.returncode = 0
     return popen.pid
+
+
+class _DeferredSigint:
+    """Hold back a Ctrl-C that arrives while a child is being spawned.
+
+    Python runs signal handlers as soon as a call returns: a KeyboardInterrupt
+    raised just after ``fork_exec`` returned, before Popen stored the pid, would
+    leave a child nobody knows about. While spawning, the main thread's default
+    SIGINT handler is swapped for one that only records the signal; the
+    KeyboardInterrupt is raised once the pid is known, and the abort path stops
+    the child. Custom handlers (and other threads) are left alone.
+    """
+
+    def __init__(self) -> None:
+        self.pending = False
+        self.active = False
+
+    def _record(self, signum: int, frame: object) -> None:
+        self.pending = True
+
+    def __enter__(self) -> _DeferredSigint:
+        if threading.current_thread() is threading.main_thread():
+            try:
+                if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                    signal.signal(signal.SIGINT, self._record)
+                    self.active = True
+            except (ValueError, OSError):
+                self.active = False
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.active:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self.active = False
+            if self.pending and exc[0] is None:
+                raise KeyboardInterrupt
+
+
+def defer_sigint() -> _DeferredSigint:
+    return _DeferredSigint()
 
 
 class ExitWatch:

@@ -287,12 +287,6 @@ class TestWaitDelay:
         assert info.value.result.returncode == 0  # the shell itself had exited
         assert gone(int(info.value.result.stdout), timeout=1)
 
-    @pytest.mark.xfail(
-        reason="BUG: a grandchild that called setsid and holds the pipe after its parent exited is neither "
-        "stopped by a timeout nor reported (no pipe.held_open): it is outside the group and no longer a "
-        "descendant",
-        strict=True,
-    )
     def test_timeout_during_the_wait_delay_setsid_holder(self) -> None:
         """A timeout while a setsid orphan holds the pipe stops it, or at least names it in pipe.held_open."""
         cmd = child("grandchild", "setsid").stdout_capture().timeout(0.5).wait_delay(10)
