@@ -42,6 +42,10 @@ __all__ = ["Execution", "Mode"]
 
 Mode = str  # "run" | "start" | "out" (caller reads stdout) | "in" (caller writes stdin)
 
+#: Bytes input up to this size is written into the child's stdin pipe at spawn
+#: time (a fresh pipe holds 64 KiB); anything larger gets a feeder thread.
+_SMALL_INPUT = 1 << 16
+
 #: How long pumps may take to reach EOF after the tree was killed, before
 #: they are told to stop (the total stays within the API's grace + 0.5 s).
 _DRAIN_AFTER_KILL = 0.2
@@ -333,6 +337,18 @@ class Execution:
             source, source_kind = src.value, "bytes"
         child, parent = self._pipe_for_pump(child_ends, parent_reads=False)
         set_nonblocking(parent)
+        if source_kind == "bytes":
+            data = source.encode(spec.encoding or "utf-8", spec.errors if spec.encoding else "strict") \
+                if isinstance(source, str) else source
+            # Input that fits in the empty pipe is written now: no feeder thread at all.
+            written = os.write(parent, data[:_SMALL_INPUT]) if data else 0
+            if written == len(data):
+                os.close(parent)
+                return child
+            source = memoryview(data)[written:]
+            already = written
+        else:
+            already = 0
         self._add_pump_starter(
             pending,
             parent,
@@ -347,6 +363,7 @@ class Execution:
                 spec.errors if spec.encoding else "strict",
                 lambda: {"pid": st.pid, "argv": list(st.argv)},
                 self.supervisor.blocked_after,
+                already,
             ),
         )
         return child
@@ -434,6 +451,9 @@ class Execution:
         splitters = [LineSplitter(fn, encoding, errors) for fn, lines in out.callbacks if lines]
         child, parent = self._pipe_for_pump(child_ends, parent_reads=True)
         set_nonblocking(parent)
+        # In run/lines/reader/writer the caller's thread waits on the run: it drains a
+        # plain capture itself (no thread to start). Callbacks and Python sinks get a thread.
+        inline = self.mode != "start" and not out.callbacks and sink_stream is None and sink_fd is None
         self._add_pump_starter(
             pending,
             parent,
@@ -447,6 +467,7 @@ class Execution:
                 splitters,
                 sink_fd,
                 sink_stream,
+                inline=inline,
             ),
         )
         return child
@@ -513,14 +534,38 @@ class Execution:
                 raise _LimitReached()
             reason = self._interrupt_reason()
             raise _Stop(reason or "timeout")
+        watched = [st for st in self.stages if not st.exited and st.watch is not None]
+        inline = self._inline_pumps()
         fds = [(signals.wake_r, select.POLLIN)]
-        fds += [(st.watch.fd, select.POLLIN) for st in self.stages if not st.exited and st.watch is not None]
+        fds += [(st.watch.fd, select.POLLIN) for st in watched]  # type: ignore[union-attr]
+        fds += [(p.fd, select.POLLIN) for p in inline]
         fds += list(extra)
         ready = self._poll(fds, left)
+        if ready:
+            if signals.wake_r in ready:
+                signals.drain_wake()
+            for p in inline:
+                if p.fd in ready:
+                    p.service()
+            for st in watched:
+                if st.watch is not None and st.watch.fd in ready:
+                    st.ended = time.monotonic()
+        return ready & {fd for fd, _ in extra}
+
+    def _inline_pumps(self) -> list[Feeder | Drainer]:
+        return [p for p in self.pumps if p.inline and not p.done.is_set()]
+
+    def _service_round(self, timeout: float | None) -> None:
+        """Wait once for a wake-up or an inline pump's pipe, and service what is ready."""
+        inline = self._inline_pumps()
+        signals = self._signals()
+        fds = [(signals.wake_r, select.POLLIN)] + [(p.fd, select.POLLIN) for p in inline]
+        ready = self._poll(fds, timeout)
         if signals.wake_r in ready:
             signals.drain_wake()
-        self.reap_exited()
-        return ready & {fd for fd, _ in extra}
+        for p in inline:
+            if p.fd in ready:
+                p.service()
 
     def _wait_exits(self, limit: float | None) -> None:
         while not all(st.exited for st in self.stages):
@@ -542,9 +587,7 @@ class Execution:
                 if limit is not None and time.monotonic() >= limit:
                     raise _LimitReached()
                 continue
-            ready = self._poll([(self._signals().wake_r, select.POLLIN)], left)
-            if ready:
-                self._signals().drain_wake()
+            self._service_round(left)
 
     def held_open_pids(self, fds: list[int]) -> list[int]:
         """The pids (other than ours) holding the other end of these pipes."""
@@ -594,7 +637,7 @@ class Execution:
         self._signals().stop()
         deadline = time.monotonic() + _JOIN_AFTER_STOP
         for p in self.pumps:
-            p.thread.join(max(0.0, deadline - time.monotonic()))
+            p.join(max(0.0, deadline - time.monotonic()))
 
     # -------------------------------------------------------------- stopping
     def _descendants(self) -> list[psutil.Process]:
@@ -704,8 +747,11 @@ class Execution:
             return
         # Let the pumps collect what the dead children left in the pipes, briefly.
         deadline = time.monotonic() + min(self.wait_delay, _DRAIN_AFTER_KILL)
-        for p in self.pumps:
-            p.done.wait(max(0.0, deadline - time.monotonic()))
+        while not all(p.done.is_set() for p in self.pumps):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._service_round(left)
         self._stop_pumps()
 
     def abandon(self, grace: float) -> None:
@@ -759,7 +805,7 @@ class Execution:
         # so that when the run returns none of its fds is open (an abandoned pump is not done).
         me = threading.current_thread()
         for p in self.pumps:
-            if p.done.is_set() and p.thread is not me:
+            if p.done.is_set() and p.thread is not None and p.thread is not me:
                 p.thread.join(1.0)
         self._close_all()
         self._finished = True

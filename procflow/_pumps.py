@@ -60,40 +60,61 @@ class Signals:
     """
 
     def __init__(self) -> None:
-        self.stop_r, self.stop_w = os.pipe()
+        # An eventfd is one fd per signal, created non-blocking: half the syscalls of a
+        # self-pipe on every run. Elsewhere, a pipe per signal.
+        self._fds: list[int] = []
         try:
-            self.wake_r, self.wake_w = os.pipe()
-        except BaseException:  # EMFILE on the second pipe: the first one must not leak
-            os.close(self.stop_r)
-            os.close(self.stop_w)
+            self.stop_r, self.stop_w = self._make()
+            self.wake_r, self.wake_w = self._make()
+        except BaseException:  # EMFILE on the second one: the first must not leak
+            for fd in self._fds:
+                os.close(fd)
             raise
-        for fd in (self.stop_r, self.stop_w, self.wake_r, self.wake_w):
-            set_nonblocking(fd)
         self.stopped = threading.Event()
         self._lock = threading.Lock()
         self._refs = 1
         self._closed = False
+
+    def _make(self) -> tuple[int, int]:
+        if _HAVE_EVENTFD:
+            fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            self._fds.append(fd)
+            return fd, fd
+        r, w = os.pipe()
+        self._fds += [r, w]
+        set_nonblocking(r)
+        set_nonblocking(w)
+        return r, w
+
+    def _fire(self, fd: int) -> None:
+        try:
+            if _HAVE_EVENTFD:
+                os.eventfd_write(fd, 1)
+            else:
+                os.write(fd, b"x")
+        except BlockingIOError:
+            pass  # already full of wake-ups: one is as good as many
 
     def stop(self) -> None:
         with self._lock:
             if self._closed or self.stopped.is_set():
                 return
             self.stopped.set()
-            os.write(self.stop_w, b"s")
+            self._fire(self.stop_w)
 
     def wake(self) -> None:
         with self._lock:
             if self._closed:
                 return
-            try:
-                os.write(self.wake_w, b"w")
-            except BlockingIOError:
-                pass  # already full of wake-ups: one is as good as many
+            self._fire(self.wake_w)
 
     def drain_wake(self) -> None:
         try:
-            while os.read(self.wake_r, 4096):
-                pass
+            if _HAVE_EVENTFD:
+                os.eventfd_read(self.wake_r)
+            else:
+                while os.read(self.wake_r, 4096):
+                    pass
         except BlockingIOError:
             pass
 
@@ -107,8 +128,11 @@ class Signals:
             if self._refs or self._closed:
                 return
             self._closed = True
-        for fd in (self.stop_r, self.stop_w, self.wake_r, self.wake_w):
+        for fd in self._fds:
             os.close(fd)
+
+
+_HAVE_EVENTFD = hasattr(os, "eventfd")
 
 
 class Capture:
@@ -194,6 +218,12 @@ class Pump:
 
     kind = "pump"
 
+    #: An inline pump has no thread: the thread that waits for the run services it
+    #: from its poll loop (``service()``), as communicate() does. Used where that
+    #: thread is sure to be waiting (run, lines, reader, writer) and nothing can
+    #: block it (no callbacks, no Python sink).
+    inline = False
+
     def __init__(self, name: str, fd: int, signals: Signals, supervisor: Supervisor) -> None:
         self.fd = fd
         self.signals = signals
@@ -201,9 +231,13 @@ class Pump:
         self.error: BaseException | None = None
         self.done = threading.Event()
         signals.retain()
-        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self.thread: threading.Thread | None = None
+        self.name = name
 
     def start(self) -> None:
+        if self.inline:
+            return
+        self.thread = threading.Thread(target=self._main, name=self.name, daemon=True)
         self.supervisor._add_thread(self.thread)
         try:
             self.thread.start()
@@ -227,10 +261,32 @@ class Pump:
             self.done.set()
             self.signals.wake()
             self.signals.release()
+            assert self.thread is not None
             self.supervisor._discard_thread(self.thread)
 
     def body(self) -> None:
         raise NotImplementedError
+
+    def service(self) -> None:
+        """Inline pumps: move what can move now without blocking; end at EOF or on error."""
+        raise NotImplementedError
+
+    def end_inline(self) -> None:
+        """Inline pumps: close the fd and count as done (also when told to stop)."""
+        if self.done.is_set():
+            return
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+        self.done.set()
+        self.signals.release()
+
+    def join(self, timeout: float) -> None:
+        if self.inline:
+            self.end_inline()
+        elif self.thread is not None:
+            self.thread.join(timeout)
 
     def wait_fd(self, events: int) -> bool:
         """Wait until our fd is ready; False if the execution told us to stop."""
@@ -259,6 +315,7 @@ class Feeder(Pump):
         errors: str,
         describe: Callable[[], dict[str, Any]],
         blocked_after: float,
+        bytes_written: int = 0,
     ) -> None:
         super().__init__(name, fd, signals, supervisor)
         self.source = source
@@ -266,7 +323,7 @@ class Feeder(Pump):
         self.encoding = encoding
         self.errors = errors
         self.describe = describe
-        self.bytes_written = 0
+        self.bytes_written = bytes_written  # what was written before the feeder started
         self.blocked_since: float | None = None
         self.blocked_after = blocked_after
         self.reported = False
@@ -363,8 +420,10 @@ class Drainer(Pump):
         sink_fd: int | None,
         sink_stream: Any,
         read_size: int = READ_CHUNK,
+        inline: bool = False,
     ) -> None:
         super().__init__(name, fd, signals, supervisor)
+        self.inline = inline
         self.capture = capture
         self.chunk_callbacks = chunk_callbacks
         self.line_splitters = line_splitters
@@ -372,6 +431,27 @@ class Drainer(Pump):
         self.sink_stream = sink_stream
         self.read_size = read_size
         self.eof = False
+        self.moved = 0
+
+    def service(self) -> None:
+        try:
+            for _ in range(16):  # then let the other pipes of the run have a turn
+                try:
+                    data = os.read(self.fd, self.read_size)
+                except BlockingIOError:
+                    return
+                if not data:
+                    self.eof = True
+                    break
+                if self.moved < GROW_AFTER <= self.moved + len(data) and set_pipe_size(self.fd, BIG_PIPE):
+                    self.read_size = max(self.read_size, BIG_PIPE)
+                self.moved += len(data)
+                self._deliver(data)
+            else:
+                return
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread, as from a thread pump
+            self.error = e
+        self.end_inline()
 
     def body(self) -> None:
         fd = self.fd
