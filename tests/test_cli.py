@@ -15,7 +15,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import psutil
@@ -30,6 +30,21 @@ TIMEOUT = 30.0
 def launcher(request: pytest.FixtureRequest) -> list[str]:
     """The command that starts procflow's CLI (installed script, or ``python -m``)."""
     return LAUNCHERS[request.param]
+
+
+@pytest.fixture
+def sigint_default() -> Iterator[None]:
+    """SIGINT handled here, so that the children start with it at its default.
+
+    A test runner started in the background (``cmd &`` in a script, nohup) has
+    SIGINT ignored, and an ignored signal stays ignored across exec: procflow
+    and its children would then rightly ignore the Ctrl-C these tests send.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def cli(
@@ -143,6 +158,7 @@ class TestExitStatus:
         r = cli("run", "--", *argv)
         assert r.returncode == status
 
+    @pytest.mark.usefixtures("sigint_default")
     @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL, signal.SIGINT])
     def test_killed_by_a_signal(self, sig: signal.Signals) -> None:
         """A command killed by signal N gives 128+N, as a shell does."""
@@ -188,27 +204,28 @@ class TestTimeout:
         assert running_with(nap) == []
 
 
+@pytest.mark.usefixtures("sigint_default")
 class TestSignalsToProcflow:
     """A signal to procflow itself stops the tree, then procflow exits as killed by it."""
 
     @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
     def test_signal_stops_the_tree(self, launcher: list[str], sig: signal.Signals) -> None:
         """SIGTERM gives 143 and SIGINT 130, and the child is gone."""
-        proc = subprocess.Popen(
+        with subprocess.Popen(
             [*launcher, "run", "--", "sh", "-c", "echo $$; exec sleep 60"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-        )
-        try:
-            assert proc.stdout is not None
-            child = int(proc.stdout.readline())  # the child is running: synchronize on its output
-            proc.send_signal(sig)
-            _, err = proc.communicate(timeout=TIMEOUT)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(TIMEOUT)
+        ) as proc:
+            try:
+                assert proc.stdout is not None
+                child = int(proc.stdout.readline())  # the child is running: synchronize on its output
+                proc.send_signal(sig)
+                _, err = proc.communicate(timeout=TIMEOUT)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(TIMEOUT)
         assert proc.returncode == 128 + sig
         assert gone(child)
         assert b"Traceback" not in err
@@ -463,18 +480,19 @@ class TestInterruptedSpawn:
 
     def test_interrupt_before_the_exit_watch(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """An interrupt right after the spawn stops the child at once (no wait for it to end)."""
-        import procflow._exec
+        import procflow._wiring
         from procflow import Proc
 
         def interrupted(pid: int) -> None:
             raise KeyboardInterrupt
 
-        monkeypatch.setattr(procflow._exec, "ExitWatch", interrupted)
+        monkeypatch.setattr(procflow._wiring, "ExitWatch", interrupted)
         t0 = time.monotonic()
         with pytest.raises(KeyboardInterrupt):
             Proc("sleep", "5").run()
         assert time.monotonic() - t0 < 3
 
+    @pytest.mark.usefixtures("sigint_default")
     def test_interrupt_as_the_spawn_returns(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """An interrupt as the spawn call returns still stops the child (library level)."""
         from procflow import Proc
