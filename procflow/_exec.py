@@ -115,16 +115,21 @@ class Execution(Wiring, TreeControl):
         self.started = time.monotonic()
         if self.timeout is not None:
             self.deadline = self.started + self.timeout
-        try:
-            self._spawn_all()
-        except BaseException as e:
-            self._abort()
-            self._close_all()
-            exhausted = self._fd_exhausted(e) if isinstance(e, OSError) and not isinstance(e, SpawnError) else None
-            if exhausted is None:
-                raise
-            raise exhausted from e
-        self.supervisor._add(self)
+        # Registered before the first spawn, and spawning under the run's lock: a
+        # supervisor shutting down meanwhile waits for the spawn, then stops the run.
+        with self._lock:
+            self.supervisor._add(self)
+            try:
+                self._spawn_all()
+            except BaseException as e:
+                self._abort()
+                self._close_all()
+                self.supervisor._discard(self)
+                self._finished = True
+                exhausted = self._fd_exhausted(e) if isinstance(e, OSError) and not isinstance(e, SpawnError) else None
+                if exhausted is None:
+                    raise
+                raise exhausted from e
         if self.cancel is not None:
             signals = self.signals
 
@@ -266,6 +271,8 @@ class Execution(Wiring, TreeControl):
         if self._aborted:
             return
         self._aborted = True
+        if self.signals is not None:
+            self.signals.quiet = True  # EPIPE from here on is our own doing: not worth a warning
         self.kill_tree(self.kill_grace, log=self._stop_reason != "stopped")
         if self.signals is None:
             return

@@ -71,6 +71,7 @@ class Signals:
                 os.close(fd)
             raise
         self.stopped = threading.Event()
+        self.quiet = False  # set while procflow itself stops the run
         self._lock = threading.Lock()
         self._refs = 1
         self._closed = False
@@ -392,7 +393,8 @@ class Feeder(Pump):
         except BrokenPipeError:
             # The child exited or closed stdin without reading everything: not an error.
             self.broken = True
-            emit("pipe.broken", stream="stdin", bytes_written=self.bytes_written, **self.describe())
+            if not self.signals.quiet:
+                emit("pipe.broken", stream="stdin", bytes_written=self.bytes_written, **self.describe())
         except OSError as e:
             if e.errno != errno.EPIPE:
                 raise
