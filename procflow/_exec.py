@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._cancel import Cancel
-from ._errors import Cancelled, OutputLimitExceeded, ProcTimeout, SpawnError
+from ._errors import Cancelled, OutputLimitExceeded, ProcTimeout, SpawnError, quote_argv
 from ._log import emit
 from ._pumps import Drainer, Feeder, LimitHit, Signals
 from ._result import Result, stage_failed
@@ -411,20 +411,20 @@ class Execution(Wiring, TreeControl):
         )
 
     def _error_for(self, reason: str, result: Result) -> BaseException:
-        last = self.stages[-1]
-        cmd = " ".join(last.argv)
+        # Shell-quoted like ExitError; a pipeline is named whole (every stage was stopped).
+        cmd = " | ".join(quote_argv(st.argv) for st in self.stages)
         if reason == "timeout":
-            return ProcTimeout(f"command {cmd!r} timed out after {self.timeout} s; its process tree was stopped",
+            return ProcTimeout(f"command {cmd} timed out after {self.timeout} s; its process tree was stopped",
                                result)
         if reason == "cancel":
             why = self.cancel.reason if self.cancel is not None else None
-            return Cancelled(f"command {cmd!r} was cancelled ({why})", result)
+            return Cancelled(f"command {cmd} was cancelled ({why})", result)
         if reason == "shutdown":
-            return Cancelled(f"command {cmd!r} was stopped by its supervisor's shutdown", result)
+            return Cancelled(f"command {cmd} was stopped by its supervisor's shutdown", result)
         for p in self.pumps:
             if isinstance(p.error, LimitHit):
                 err = OutputLimitExceeded(
-                    f"command {cmd!r}: captured {p.error.stream} passed max_bytes={p.error.max_bytes}; "
+                    f"command {cmd}: captured {p.error.stream} passed max_bytes={p.error.max_bytes}; "
                     "the process tree was stopped",
                     result,
                 )
@@ -435,7 +435,7 @@ class Execution(Wiring, TreeControl):
                 return p.error
         if self._caller_exc is not None:
             return self._caller_exc
-        return Cancelled(f"command {cmd!r} was stopped ({reason})", result)
+        return Cancelled(f"command {cmd} was stopped ({reason})", result)
 
     def finish(self, limit: float | None = None, stop: str | None = None) -> Result:
         """Wait for the run to end (or stop it), collect the result; raise its error.
