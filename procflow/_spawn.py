@@ -16,6 +16,8 @@ import shutil
 import signal
 import subprocess
 import threading
+
+import _signal
 from typing import Any
 
 from ._errors import SpawnError
@@ -25,6 +27,7 @@ from ._spec import StageSpec
 __all__ = ["spawn", "ExitWatch", "describe_spawn_error", "check_cwd"]
 
 HAVE_PIDFD = hasattr(os, "pidfd_open")
+_SIGINT = int(signal.SIGINT)
 
 
 def check_cwd(spec: StageSpec) -> None:
@@ -131,10 +134,11 @@ class _DeferredSigint:
         self.pending = True
 
     def __enter__(self) -> _DeferredSigint:
+        # _signal, not signal: the public wrappers convert to enums, a cost on every spawn.
         if threading.current_thread() is threading.main_thread():
             try:
-                if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-                    signal.signal(signal.SIGINT, self._record)
+                if _signal.getsignal(_SIGINT) is signal.default_int_handler:
+                    _signal.signal(_SIGINT, self._record)
                     self.active = True
             except (ValueError, OSError):
                 self.active = False
@@ -142,7 +146,7 @@ class _DeferredSigint:
 
     def __exit__(self, *exc: object) -> None:
         if self.active:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            _signal.signal(_SIGINT, signal.default_int_handler)
             self.active = False
             if self.pending and exc[0] is None:
                 raise KeyboardInterrupt
