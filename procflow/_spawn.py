@@ -9,6 +9,7 @@ used for the spawn only.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # the C half of signal, no stubs
 import errno
 import os
 import select
@@ -16,8 +17,6 @@ import shutil
 import signal
 import subprocess
 import threading
-
-import _signal
 from typing import Any
 
 from ._errors import SpawnError
@@ -210,9 +209,7 @@ class ExitWatch:
     def send_signal(self, sig: int) -> None:
         if self.pidfd is not None:
             try:
-                import signal as _signal
-
-                _signal.pidfd_send_signal(self.pidfd, sig)
+                signal.pidfd_send_signal(self.pidfd, sig)
             except ProcessLookupError:
                 pass
             return
