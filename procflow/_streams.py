@@ -19,7 +19,7 @@ import select
 import time
 from collections.abc import Iterator
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from ._exec import Execution, _LimitReached, _Stop
 from ._pumps import READ_CHUNK, split_universal
@@ -264,7 +264,42 @@ def _line_batches(reader: StdoutReader, encoding: str, errors: str, current: lis
         raise
 
 
-class LineIterator(itertools.chain[str]):
+class _ReaderHandle:
+    """What lines() and chunks() share: the reader they own, and its lifetime rules."""
+
+    _reader: StdoutReader
+
+    @property
+    def pid(self) -> int:
+        return self._reader.pid
+
+    @property
+    def result(self) -> Result | None:
+        return self._reader.result
+
+    def close(self) -> None:
+        """Stop and reap the run (if still going), close every pipe."""
+        self._reader.close()
+
+    def __enter__(self: _H) -> _H:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - nothing to report to at collection time
+            pass
+
+
+_H = TypeVar("_H", bound=_ReaderHandle)
+
+
+class LineIterator(_ReaderHandle, itertools.chain[str]):
     """``Proc.lines()``: decoded lines as they arrive, terminators stripped.
 
     A subclass of ``itertools.chain`` over per-read batches of lines, so that
@@ -286,10 +321,6 @@ class LineIterator(itertools.chain[str]):
     def __init__(self, ex: Execution, encoding: str, errors: str) -> None:
         pass  # everything is set up in __new__ (itertools.chain is built there)
 
-    @property
-    def pid(self) -> int:
-        return self._reader.pid
-
     def close(self) -> None:
         """Stop and reap the run (if still going), close every pipe."""
         try:
@@ -297,34 +328,12 @@ class LineIterator(itertools.chain[str]):
         finally:
             collections.deque(self._current[0], maxlen=0)  # lines already split are not returned after close
 
-    @property
-    def result(self) -> Result | None:
-        return self._reader.result
 
-    def __enter__(self) -> LineIterator:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001
-            pass
-
-
-class ChunkIterator:
+class ChunkIterator(_ReaderHandle):
     """``Proc.chunks()``: raw stdout chunks as they arrive."""
 
     def __init__(self, ex: Execution) -> None:
         self._reader = StdoutReader(ex)
-
-    @property
-    def pid(self) -> int:
-        return self._reader.pid
 
     def __iter__(self) -> ChunkIterator:
         return self
@@ -334,27 +343,6 @@ class ChunkIterator:
         if not data:
             raise StopIteration
         return data
-
-    def close(self) -> None:
-        self._reader.close()
-
-    @property
-    def result(self) -> Result | None:
-        return self._reader.result
-
-    def __enter__(self) -> ChunkIterator:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001
-            pass
 
 
 class StdinWriter(_StreamBase, io.RawIOBase):
