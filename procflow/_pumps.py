@@ -62,14 +62,11 @@ class Signals:
     def __init__(self) -> None:
         # An eventfd is one fd per signal, created non-blocking: half the syscalls of a
         # self-pipe on every run. Elsewhere, a pipe per signal.
+        # The stop fd is made on first use: only pump threads poll it, and most runs
+        # have none (fewer fds per run matters with hundreds of runs at once).
         self._fds: list[int] = []
-        try:
-            self.stop_r, self.stop_w = self._make()
-            self.wake_r, self.wake_w = self._make()
-        except BaseException:  # EMFILE on the second one: the first must not leak
-            for fd in self._fds:
-                os.close(fd)
-            raise
+        self.wake_r, self.wake_w = self._make()
+        self._stop: tuple[int, int] | None = None
         self.stopped = threading.Event()
         self.quiet = False  # set while procflow itself stops the run
         self._lock = threading.Lock()
@@ -96,12 +93,23 @@ class Signals:
         except BlockingIOError:
             pass  # already full of wake-ups: one is as good as many
 
+    @property
+    def stop_r(self) -> int:
+        """The fd a pump thread polls to learn that it must stop (made on first use)."""
+        with self._lock:
+            if self._stop is None:
+                self._stop = self._make()
+                if self.stopped.is_set():
+                    self._fire(self._stop[1])
+            return self._stop[0]
+
     def stop(self) -> None:
         with self._lock:
             if self._closed or self.stopped.is_set():
                 return
             self.stopped.set()
-            self._fire(self.stop_w)
+            if self._stop is not None:
+                self._fire(self._stop[1])
 
     def wake(self) -> None:
         with self._lock:
@@ -224,6 +232,9 @@ class Pump:
     #: thread is sure to be waiting (run, lines, reader, writer) and nothing can
     #: block it (no callbacks, no Python sink).
     inline = False
+    #: A reactor pump has no thread either: the process-wide reactor thread services
+    #: it (``start()`` captures, where nobody may be waiting).
+    reactor = False
 
     def __init__(self, name: str, fd: int, signals: Signals, supervisor: Supervisor) -> None:
         self.fd = fd
@@ -238,6 +249,10 @@ class Pump:
     def start(self) -> None:
         if self.inline:
             return
+        if self.reactor:
+            REACTOR.add(self)
+            return
+        _ = self.signals.stop_r  # made now, in the caller: running out of fds fails the spawn, not the pump
         self.thread = threading.Thread(target=self._main, name=self.name, daemon=True)
         self.supervisor._add_thread(self.thread)
         try:
@@ -281,22 +296,27 @@ class Pump:
         except OSError:
             pass
         self.done.set()
+        self.signals.wake()
         self.signals.release()
 
     def join(self, timeout: float) -> None:
         if self.inline:
             self.end_inline()
+        elif self.reactor:
+            REACTOR.stop(self)  # only the reactor thread touches the fd: ask, then wait
+            self.done.wait(timeout)
         elif self.thread is not None:
             self.thread.join(timeout)
 
     def wait_fd(self, events: int) -> bool:
         """Wait until our fd is ready; False if the execution told us to stop."""
         p = select.poll()
+        stop = self.signals.stop_r
         p.register(self.fd, events)
-        p.register(self.signals.stop_r, select.POLLIN)
+        p.register(stop, select.POLLIN)
         while True:
             for fd, _ in p.poll():
-                return fd != self.signals.stop_r
+                return fd != stop
 
 
 class Feeder(Pump):
@@ -423,9 +443,11 @@ class Drainer(Pump):
         sink_stream: Any,
         read_size: int = READ_CHUNK,
         inline: bool = False,
+        reactor: bool = False,
     ) -> None:
         super().__init__(name, fd, signals, supervisor)
         self.inline = inline
+        self.reactor = reactor
         self.capture = capture
         self.chunk_callbacks = chunk_callbacks
         self.line_splitters = line_splitters
@@ -516,3 +538,93 @@ def _write_all_blocking(fd: int, data: bytes) -> None:
             p.poll()
             continue
         mv = mv[n:]
+
+
+class Reactor:
+    """One thread that drains the plain captures of every ``start()``-ed run.
+
+    A thread per captured stream made ``start()`` pay a thread start per
+    child; this thread polls all their pipes instead. It owns each registered
+    fd until the pump ends (EOF, an error, or a stop asked with ``stop()``),
+    and is the only thread that reads or closes it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pumps: dict[int, Pump] = {}
+        self._stopping: set[Pump] = set()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        # Made at import, so that a leak check that starts later never sees it appear.
+        self._wake_r, self._wake_fd = self._make_wake()
+
+    @staticmethod
+    def _make_wake() -> tuple[int, int]:
+        if _HAVE_EVENTFD:
+            fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            return fd, fd
+        r, w = os.pipe()
+        set_nonblocking(r)
+        set_nonblocking(w)
+        return r, w
+
+    def add(self, pump: Pump) -> None:
+        with self._lock:
+            self._ensure_thread()
+            self._pumps[pump.fd] = pump
+            self._poke()
+
+    def stop(self, pump: Pump) -> None:
+        with self._lock:
+            if pump.fd in self._pumps and not pump.done.is_set():
+                self._stopping.add(pump)
+                self._poke()
+
+    def _poke(self) -> None:
+        try:
+            os.eventfd_write(self._wake_fd, 1) if _HAVE_EVENTFD else os.write(self._wake_fd, b"x")
+        except BlockingIOError:
+            pass
+
+    def _ensure_thread(self) -> None:
+        # After a fork the thread is gone in the child: start another (its pumps are the parent's).
+        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+            return
+        if self._thread is not None and self._pid != os.getpid():
+            self._pumps = {}
+            self._stopping = set()
+        self._pid = os.getpid()
+        self._thread = threading.Thread(target=self._run, args=(self._wake_r,), name="procflow-reactor", daemon=True)
+        self._thread.start()
+
+    def _run(self, wake_r: int) -> None:
+        while True:
+            with self._lock:
+                pumps = list(self._pumps.values())
+                stopping, self._stopping = self._stopping, set()
+            for p in stopping:
+                p.end_inline()
+            poller = select.poll()
+            poller.register(wake_r, select.POLLIN)
+            for p in pumps:
+                if not p.done.is_set():
+                    poller.register(p.fd, select.POLLIN)
+            ready = {fd for fd, _ in poller.poll()}
+            if wake_r in ready:
+                try:
+                    os.eventfd_read(wake_r) if _HAVE_EVENTFD else os.read(wake_r, 4096)
+                except BlockingIOError:
+                    pass
+            for p in pumps:
+                if not p.done.is_set() and p.fd in ready:
+                    p.service()
+            with self._lock:
+                for p in pumps:
+                    if p.done.is_set() and self._pumps.get(p.fd) is p:
+                        del self._pumps[p.fd]
+
+
+REACTOR = Reactor()
+
+#: Process-wide service threads: they live as long as the process, not a run.
+SERVICE_THREADS = frozenset({"procflow-watchdog", "procflow-reactor"})

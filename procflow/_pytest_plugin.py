@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from ._pumps import SERVICE_THREADS
 from ._supervisor import Supervisor
 
 __all__ = ["proc_supervisor", "snapshot", "leaks_since"]
@@ -27,7 +28,7 @@ def snapshot() -> dict[str, Any]:
         fds = set(os.listdir("/proc/self/fd"))
     except OSError:
         fds = set()
-    threads = {t for t in threading.enumerate() if t.name.startswith("procflow-") and t.name != "procflow-watchdog"}
+    threads = {t for t in threading.enumerate() if t.name.startswith("procflow-") and t.name not in SERVICE_THREADS}
     try:
         children = {p.pid for p in psutil.Process().children(recursive=True)}
     except psutil.Error:
@@ -48,7 +49,7 @@ def leaks_since(before: dict[str, Any], settle: float = 2.0) -> list[str]:
 
     problems = []
     for t in threading.enumerate():
-        if t.name.startswith("procflow-") and t.name != "procflow-watchdog" and t not in before["threads"]:
+        if t.name.startswith("procflow-") and t.name not in SERVICE_THREADS and t not in before["threads"]:
             t.join(settle)
     after = snapshot()
     new_threads = sorted(t.name for t in after["threads"] - before["threads"])

@@ -275,7 +275,9 @@ class Wiring:
         set_nonblocking(parent)
         # In run/lines/reader/writer the caller's thread waits on the run: it drains a
         # plain capture itself (no thread to start). Callbacks and Python sinks get a thread.
-        inline = self.mode != "start" and not out.callbacks and sink_stream is None and sink_fd is None
+        plain = not out.callbacks and sink_stream is None and sink_fd is None
+        inline = plain and self.mode != "start"
+        reactor = plain and self.mode == "start"
         self._add_pump_starter(
             pending,
             parent,
@@ -290,6 +292,7 @@ class Wiring:
                 sink_fd,
                 sink_stream,
                 inline=inline,
+                reactor=reactor,
             ),
         )
         return child

@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from procflow import ExitError, Proc, ProcTimeout, SpawnError, Supervisor
+from procflow._pumps import SERVICE_THREADS
 
 RUNS = int(os.environ.get("PROCFLOW_SOAK_RUNS", "3000"))
 
@@ -25,7 +26,7 @@ def _fds() -> set[str]:
 
 
 def _procflow_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("procflow-") and t.name != "procflow-watchdog"]
+    return [t for t in threading.enumerate() if t.name.startswith("procflow-") and t.name not in SERVICE_THREADS]
 
 
 def _children() -> set[int]:

@@ -347,6 +347,17 @@ class TestWatchdog:
 
 
 class TestThreadNames:
+    def test_plain_capture_of_a_started_run_has_no_thread(self) -> None:
+        """start() with plain captures starts no pump thread: the shared reactor drains them."""
+        before = {t.name for t in threading.enumerate()}
+        running = child("mix", "oe", 0, 200_000, 300_000).stdout_capture().stderr_capture().start()
+        pid = running.pid
+        names = {t.name for t in threading.enumerate()} - before
+        assert not any(f"pid={pid}" in n for n in names), names
+        result = running.wait(timeout=30)
+        assert result.stdout == b"o" * 200_000
+        assert result.stderr.startswith(b"e" * 300_000)
+
     def test_pump_threads_named_after_the_child(self) -> None:
         """Pump threads read like a sentence: procflow-feed[pid=N], procflow-drain[pid=N,stdout]."""
         with Supervisor():
@@ -357,6 +368,7 @@ class TestThreadNames:
                 .stdout_capture()
                 .on_stdout(lambda _l: ready.set())
                 .stderr_capture()
+                .on_stderr(lambda _l: None)  # a callback gets a thread (a plain capture goes to the reactor)
                 .timeout(60)
                 .start()
             )
@@ -372,6 +384,7 @@ class TestThreadNames:
                 f"procflow-wait[pid={pid}]",
                 f"procflow-feed[pid={pid}]",  # may already have finished writing its byte
                 "procflow-watchdog",
+                "procflow-reactor",
             }
             assert not others, others
 
