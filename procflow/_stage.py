@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 from ._errors import SpawnError
@@ -12,6 +13,9 @@ from ._spawn import ExitWatch
 from ._spec import StageSpec
 
 __all__ = ["StageRun", "open_path", "is_tty"]
+
+#: ru_maxrss is in KiB on Linux, in bytes on macOS.
+_MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
 
 
 class StageRun:
@@ -69,7 +73,7 @@ class StageRun:
         if ru is not None:
             self.cpu_time = ru.ru_utime + ru.ru_stime
             # ru_maxrss is KiB on Linux, bytes on macOS.
-            self.max_rss = ru.ru_maxrss if os.uname().sysname == "Darwin" else ru.ru_maxrss * 1024
+            self.max_rss = ru.ru_maxrss * _MAXRSS_UNIT
         if self.watch is not None:
             self.watch.close()
             self.watch = None
