@@ -242,7 +242,6 @@ class Pump:
         self.supervisor = supervisor
         self.error: BaseException | None = None
         self.done = threading.Event()
-        signals.retain()
         self.thread: threading.Thread | None = None
         self.name = name
 
@@ -253,6 +252,10 @@ class Pump:
             REACTOR.add(self)
             return
         _ = self.signals.stop_r  # made now, in the caller: running out of fds fails the spawn, not the pump
+        # Only a pump thread holds the signal fds: it may outlive the run (stuck in the
+        # caller's iterator), and must never write into a recycled fd number. Inline and
+        # reactor pumps are done before the run lets go of them, or they find them closed.
+        self.signals.retain()
         self.thread = threading.Thread(target=self._main, name=self.name, daemon=True)
         self.supervisor._add_thread(self.thread)
         try:
@@ -296,8 +299,7 @@ class Pump:
         except OSError:
             pass
         self.done.set()
-        self.signals.wake()
-        self.signals.release()
+        self.signals.wake()  # a no-op once the run has closed its signals
 
     def join(self, timeout: float) -> None:
         if self.inline:
