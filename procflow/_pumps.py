@@ -232,8 +232,8 @@ class Pump:
     #: thread is sure to be waiting (run, lines, reader, writer) and nothing can
     #: block it (no callbacks, no Python sink).
     inline = False
-    #: A reactor pump has no thread either: the process-wide reactor thread services
-    #: it (``start()`` captures, where nobody may be waiting).
+    #: A reactor pump has no thread either: the process-wide service thread
+    #: (``procflow-watchdog``) services it (``start()`` captures: nobody may be waiting).
     reactor = False
 
     def __init__(self, name: str, fd: int, signals: Signals, supervisor: Supervisor) -> None:
@@ -249,7 +249,7 @@ class Pump:
         if self.inline:
             return
         if self.reactor:
-            REACTOR.add(self)
+            SERVICE.add(self)
             return
         _ = self.signals.stop_r  # made now, in the caller: running out of fds fails the spawn, not the pump
         # Only a pump thread holds the signal fds: it may outlive the run (stuck in the
@@ -305,7 +305,7 @@ class Pump:
         if self.inline:
             self.end_inline()
         elif self.reactor:
-            REACTOR.stop(self)  # only the reactor thread touches the fd: ask, then wait
+            SERVICE.stop(self)  # only the service thread touches the fd: ask, then wait
             self.done.wait(timeout)
         elif self.thread is not None:
             self.thread.join(timeout)
@@ -542,13 +542,15 @@ def _write_all_blocking(fd: int, data: bytes) -> None:
         mv = mv[n:]
 
 
-class Reactor:
-    """One thread that drains the plain captures of every ``start()``-ed run.
+class ServiceLoop:
+    """procflow's one long-lived thread, ``procflow-watchdog``.
 
-    A thread per captured stream made ``start()`` pay a thread start per
-    child; this thread polls all their pipes instead. It owns each registered
-    fd until the pump ends (EOF, an error, or a stop asked with ``stop()``),
-    and is the only thread that reads or closes it.
+    It does two jobs from one ``poll()`` loop: it drains the plain captures of
+    every ``start()``-ed run (a thread per captured stream made ``start()``
+    pay a thread start per child), and it runs the watchdog that reports
+    writers blocked too long (waking when the next one could become overdue).
+    While a pump is registered, its fd belongs to this thread alone: only it
+    reads and closes it; a run that must stop asks with ``stop()``.
     """
 
     def __init__(self) -> None:
@@ -582,6 +584,12 @@ class Reactor:
                 self._stopping.add(pump)
                 self._poke()
 
+    def poke(self) -> None:
+        """Wake the loop (starting the thread if needed): the watchdog has news."""
+        with self._lock:
+            self._ensure_thread()
+            self._poke()
+
     def _poke(self) -> None:
         try:
             os.eventfd_write(self._wake_fd, 1) if _HAVE_EVENTFD else os.write(self._wake_fd, b"x")
@@ -596,22 +604,26 @@ class Reactor:
             self._pumps = {}
             self._stopping = set()
         self._pid = os.getpid()
-        self._thread = threading.Thread(target=self._run, args=(self._wake_r,), name="procflow-reactor", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(self._wake_r,), name="procflow-watchdog", daemon=True)
         self._thread.start()
 
     def _run(self, wake_r: int) -> None:
+        from ._supervisor import watchdog
+
         while True:
             with self._lock:
                 pumps = list(self._pumps.values())
                 stopping, self._stopping = self._stopping, set()
             for p in stopping:
                 p.end_inline()
+            wake_at = watchdog.check()
             poller = select.poll()
             poller.register(wake_r, select.POLLIN)
             for p in pumps:
                 if not p.done.is_set():
                     poller.register(p.fd, select.POLLIN)
-            ready = {fd for fd, _ in poller.poll()}
+            timeout = None if wake_at is None else max(0, int((wake_at - time.monotonic()) * 1000) + 1)
+            ready = {fd for fd, _ in poller.poll(timeout)}
             if wake_r in ready:
                 try:
                     os.eventfd_read(wake_r) if _HAVE_EVENTFD else os.read(wake_r, 4096)
@@ -626,7 +638,7 @@ class Reactor:
                         del self._pumps[p.fd]
 
 
-REACTOR = Reactor()
+SERVICE = ServiceLoop()
 
 #: Process-wide service threads: they live as long as the process, not a run.
-SERVICE_THREADS = frozenset({"procflow-watchdog", "procflow-reactor"})
+SERVICE_THREADS = frozenset({"procflow-watchdog"})

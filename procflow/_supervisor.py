@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import contextvars
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -217,56 +216,53 @@ class BlockedWriter(Protocol):
 
 @dataclass
 class _Watchdog:
-    """One lazily started thread that reports writers blocked too long."""
+    """Reports writers blocked too long.
 
-    cond: threading.Condition = field(default_factory=threading.Condition)
+    It runs on procflow's one long-lived service thread, ``procflow-watchdog``
+    (``_pumps.ServiceLoop``), which also drains the plain captures of started
+    runs: ``check()`` is called from its poll loop, which sleeps until the next
+    writer could become overdue.
+    """
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
     writers: set[Any] = field(default_factory=set)
-    thread: threading.Thread | None = None
-    pid: int = 0
 
     def blocked(self, w: BlockedWriter) -> None:
-        with self.cond:
+        from ._pumps import SERVICE
+
+        with self.lock:
             self.writers.add(w)
-            self._ensure_thread()
-            self.cond.notify()
+        SERVICE.poke()
 
     def unblocked(self, w: BlockedWriter) -> None:
-        with self.cond:
+        with self.lock:
             self.writers.discard(w)
             reported, w.reported = w.reported, False
         if reported:
             emit("pipe.writer_unblocked", **w.blocked_fields())
 
-    def _ensure_thread(self) -> None:
-        # After a fork the thread is gone in the child: start a new one.
-        if self.thread is None or self.pid != os.getpid() or not self.thread.is_alive():
-            self.pid = os.getpid()
-            self.thread = threading.Thread(target=self._run, name="procflow-watchdog", daemon=True)
-            self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            due: list[Any] = []
-            with self.cond:
-                now = time.monotonic()
-                wake_at: float | None = None
-                for w in self.writers:
-                    since = w.blocked_since
-                    if since is None or w.reported:
-                        continue
-                    at = since + w.blocked_after
-                    if at <= now:
-                        w.reported = True
-                        due.append(w)
-                    elif wake_at is None or at < wake_at:
-                        wake_at = at
-                if not due:
-                    self.cond.wait(None if wake_at is None else wake_at - now)
-            for w in due:
-                fields = w.blocked_fields()
+    def check(self) -> float | None:
+        """Log the writers now overdue; returns when to look again (monotonic), or None."""
+        due: list[Any] = []
+        with self.lock:
+            now = time.monotonic()
+            wake_at: float | None = None
+            for w in self.writers:
                 since = w.blocked_since
-                fields["blocked_for"] = round(time.monotonic() - since, 3) if since is not None else 0.0
-                emit("pipe.writer_blocked", **fields)
+                if since is None or w.reported:
+                    continue
+                at = since + w.blocked_after
+                if at <= now:
+                    w.reported = True
+                    due.append(w)
+                elif wake_at is None or at < wake_at:
+                    wake_at = at
+        for w in due:
+            fields = w.blocked_fields()
+            since = w.blocked_since
+            fields["blocked_for"] = round(time.monotonic() - since, 3) if since is not None else 0.0
+            emit("pipe.writer_blocked", **fields)
+        return wake_at
 
 
 watchdog = _Watchdog()

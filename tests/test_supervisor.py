@@ -348,7 +348,7 @@ class TestWatchdog:
 
 class TestThreadNames:
     def test_plain_capture_of_a_started_run_has_no_thread(self) -> None:
-        """start() with plain captures starts no pump thread: the shared reactor drains them."""
+        """start() with plain captures starts no pump thread: the service thread drains them."""
         before = {t.name for t in threading.enumerate()}
         running = child("mix", "oe", 0, 200_000, 300_000).stdout_capture().stderr_capture().start()
         pid = running.pid
@@ -368,7 +368,7 @@ class TestThreadNames:
                 .stdout_capture()
                 .on_stdout(lambda _l: ready.set())
                 .stderr_capture()
-                .on_stderr(lambda _l: None)  # a callback gets a thread (a plain capture goes to the reactor)
+                .on_stderr(lambda _l: None)  # a callback gets a thread (a plain capture goes to the service thread)
                 .timeout(60)
                 .start()
             )
@@ -384,7 +384,6 @@ class TestThreadNames:
                 f"procflow-wait[pid={pid}]",
                 f"procflow-feed[pid={pid}]",  # may already have finished writing its byte
                 "procflow-watchdog",
-                "procflow-reactor",
             }
             assert not others, others
 
