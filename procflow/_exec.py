@@ -84,15 +84,12 @@ class Execution(Wiring, TreeControl):
         self.kill_grace = max(s.kill_grace for s in self.specs)
         self.wait_delay = max(s.wait_delay for s in self.specs)
         self._stop_reason: str | None = None
-        self._caller_exc: BaseException | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._lock = threading.RLock()  # one waiter at a time
         self._outcome: Result | BaseException | None = None
         self._finished = False
         self._aborted = False
-        self._held_open: list[int] = []
         self.stdin_broken = False
-        self.background: threading.Thread | None = None
         self._sink_fds: list[int] = []  # path sinks of tees, opened by us, closed in _close_all
 
     # ------------------------------------------------------------------ start
@@ -254,7 +251,6 @@ class Execution(Wiring, TreeControl):
         if self.out_fd is not None:
             fds.append(self.out_fd)
         pids = self.held_open_pids(fds)
-        self._held_open = pids
         last = self.stages[-1]
         emit("pipe.held_open", pid=last.pid, argv=list(last.argv), holders=pids, wait_delay=self.wait_delay)
         self._stop_pumps()
@@ -292,8 +288,6 @@ class Execution(Wiring, TreeControl):
         with self._lock:
             if self._finished:
                 return
-            self.kill_grace = grace
-            self._stop_reason = self._stop_reason or "shutdown"
             self._abort()
             self._finish_collect()
 
@@ -433,8 +427,6 @@ class Execution(Wiring, TreeControl):
         for p in self.pumps:
             if p.error is not None:
                 return p.error
-        if self._caller_exc is not None:
-            return self._caller_exc
         return Cancelled(f"command {cmd} was stopped ({reason})", result)
 
     def finish(self, limit: float | None = None, stop: str | None = None) -> Result:
@@ -453,46 +445,44 @@ class Execution(Wiring, TreeControl):
             self._lock.release()
 
     def _finish_locked(self, limit: float | None, stop: str | None) -> Result:
-        if True:
-            if self._finished:
-                return self._return_outcome(check=stop is None)
-            try:
-                if stop is not None:
-                    # Asked to stop (close() before EOF, a `with` left by an exception): stop the
-                    # tree even if every stage has exited meanwhile (a grandchild may hold a pipe),
-                    # and do not raise ExitError for a status the caller did not wait for.
-                    raise _Stop(self._stop_reason or stop)
-                self._wait_exits(limit)
-                self._wait_pumps(limit)
-            except _LimitReached:
-                raise
-            except _Stop as s:
-                if self._stop_reason is None:
-                    self._stop_reason = s.reason
-                if s.reason == "timeout":
-                    last = self.stages[-1]
-                    emit("proc.timeout", pid=last.pid, argv=list(last.argv), timeout=self.timeout)
-                self._abort()
-                result = self._finish_collect()
-                if s.reason == "stopped":
-                    self._outcome = result
-                    return result
-                self._outcome = self._error_for(s.reason, result)
-                return self._return_outcome()
-            except BaseException as e:
-                # The caller's exception (KeyboardInterrupt included): stop everything, then let it go on.
-                self._caller_exc = e
-                self._abort()
-                # The run's outcome is what the stopped tree left (poll() returns it, a later
-                # wait() reports the signal); the caller's exception goes on, once.
-                self._outcome = self._finish_collect()
-                raise
+        if self._finished:
+            return self._return_outcome(check=stop is None)
+        try:
+            if stop is not None:
+                # Asked to stop (close() before EOF, a `with` left by an exception): stop the
+                # tree even if every stage has exited meanwhile (a grandchild may hold a pipe),
+                # and do not raise ExitError for a status the caller did not wait for.
+                raise _Stop(self._stop_reason or stop)
+            self._wait_exits(limit)
+            self._wait_pumps(limit)
+        except _LimitReached:
+            raise
+        except _Stop as s:
+            if self._stop_reason is None:
+                self._stop_reason = s.reason
+            if s.reason == "timeout":
+                last = self.stages[-1]
+                emit("proc.timeout", pid=last.pid, argv=list(last.argv), timeout=self.timeout)
+            self._abort()
             result = self._finish_collect()
-            for p in self.pumps:
-                if p.error is not None:  # a callback failing on the last bytes
-                    self._outcome = self._error_for("error", result)
-                    break
+            if s.reason == "stopped":
+                self._outcome = result
+                return result
+            self._outcome = self._error_for(s.reason, result)
             return self._return_outcome()
+        except BaseException:
+            # The caller's exception (KeyboardInterrupt included): stop everything, then let it go on.
+            self._abort()
+            # The run's outcome is what the stopped tree left (poll() returns it, a later
+            # wait() reports the signal); the caller's exception goes on, once.
+            self._outcome = self._finish_collect()
+            raise
+        result = self._finish_collect()
+        for p in self.pumps:
+            if p.error is not None:  # a callback failing on the last bytes
+                self._outcome = self._error_for("error", result)
+                break
+        return self._return_outcome()
 
     def _return_outcome(self, check: bool = True) -> Result:
         out = self._outcome

@@ -360,7 +360,7 @@ class Feeder(Pump):
     def _chunks(self) -> Iterator[Any]:
         src = self.source
         if self.source_kind == "bytes":
-            yield src.encode(self.encoding, self.errors) if isinstance(src, str) else src
+            yield src  # already encoded: str input is encoded when the run is wired
         elif self.source_kind == "iter":
             encoder = None
             for chunk in src:
@@ -467,12 +467,9 @@ class Drainer(Pump):
                 except BlockingIOError:
                     return
                 if not data:
-                    self.eof = True
+                    self._at_eof()
                     break
-                if self.moved < GROW_AFTER <= self.moved + len(data) and set_pipe_size(self.fd, BIG_PIPE):
-                    self.read_size = max(self.read_size, BIG_PIPE)
-                self.moved += len(data)
-                self._deliver(data)
+                self._take(data)
             else:
                 return
         except BaseException as e:  # noqa: BLE001 - handed to the waiting thread, as from a thread pump
@@ -480,31 +477,25 @@ class Drainer(Pump):
         self.end_inline()
 
     def body(self) -> None:
-        fd = self.fd
-        size = self.read_size
-        capture = self.capture
-        plain = not (self.chunk_callbacks or self.line_splitters or self.sink_fd is not None or self.sink_stream)
-        moved = 0
-        grown = GROW_AFTER <= 0
         while True:
-            if not grown and moved >= GROW_AFTER:
-                grown = True
-                if set_pipe_size(fd, BIG_PIPE):
-                    size = max(size, BIG_PIPE)
             try:
-                data = os.read(fd, size)
+                data = os.read(self.fd, self.read_size)
             except BlockingIOError:
                 if not self.wait_fd(select.POLLIN):
                     return  # told to stop: a grandchild holds the pipe, or the run was aborted
                 continue
             if not data:
                 break
-            moved += len(data)
-            if plain:
-                assert capture is not None
-                capture.add(data)
-            else:
-                self._deliver(data)
+            self._take(data)
+        self._at_eof()
+
+    def _take(self, data: bytes) -> None:
+        if self.moved < GROW_AFTER <= self.moved + len(data) and set_pipe_size(self.fd, BIG_PIPE):
+            self.read_size = max(self.read_size, BIG_PIPE)
+        self.moved += len(data)
+        self._deliver(data)
+
+    def _at_eof(self) -> None:
         self.eof = True
         for splitter in self.line_splitters:
             splitter.finish()

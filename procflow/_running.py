@@ -55,7 +55,6 @@ class Running:
                 target=_background_wait, args=(ex,), name=f"procflow-wait[pid={self.pid}]", daemon=True
             )
             ex.supervisor._add_thread(t)
-            ex.background = t
             t.start()
 
     @property

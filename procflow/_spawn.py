@@ -13,7 +13,6 @@ import _signal  # type: ignore[import-not-found]  # the C half of signal, no stu
 import errno
 import os
 import select
-import shutil
 import signal
 import subprocess
 import threading
@@ -230,7 +229,3 @@ class ExitWatch:
 #: Tests set this to exercise the waitid fallback on Linux.
 _force_no_pidfd = False
 
-
-def which(program: str, env: dict[Any, Any] | None) -> str | None:
-    path = os.pathsep.join(os.fsdecode(p) for p in os.get_exec_path(env))
-    return shutil.which(program, path=path)

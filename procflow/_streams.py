@@ -42,8 +42,10 @@ class _StreamBase:
         except _LimitReached:
             return False, held_at
         except _Stop as s:
-            ex.finish(stop=s.reason)  # stops the tree; raises Cancelled/ProcTimeout/the pump's error
-            raise AssertionError("unreachable") from None
+            # Stops the tree and raises Cancelled/ProcTimeout/the pump's error; returns only when
+            # another thread closed this stream meanwhile: the caller then finds its fd gone (EOF).
+            ex.finish(stop=s.reason)
+            return False, held_at
         except BaseException:
             ex.finish(stop="stopped")
             raise

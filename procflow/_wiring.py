@@ -36,6 +36,25 @@ __all__ = ["Wiring"]
 _SMALL_INPUT = 1 << 16
 
 
+class _PendingPump:
+    """A pump of a stage not spawned yet: started once the pid is known, else its fd is closed."""
+
+    def __init__(self, parent_fd: int, make: Callable[[], Feeder | Drainer]) -> None:
+        self.parent_fd = parent_fd  # owned here until start() hands it to the pump
+        self.make = make
+        self.started = False
+
+    def start(self, pumps: list[Feeder | Drainer]) -> None:
+        pump = self.make()
+        pumps.append(pump)
+        self.started = True  # from here the pump owns the fd (its start() closes it on failure)
+        pump.start()
+
+    def discard(self) -> None:
+        if not self.started:
+            os.close(self.parent_fd)
+
+
 class Wiring:
     """The spawning half of an Execution."""
 
@@ -65,7 +84,7 @@ class Wiring:
             (first_stdin.kind == "inherit" and is_tty(0))
             or (first_stdin.kind == "fd" and is_tty(fd_of(first_stdin.value)))
         )
-        pending_pumps: list[Callable[[], None]] = []
+        pending_pumps: list[_PendingPump] = []
         prev_read: int | None = None  # read end of the pipe into the next stage
         try:
             for i, st in enumerate(self.stages):
@@ -110,30 +129,34 @@ class Wiring:
                         self.pgid = st.pid
                 emit("proc.spawn", pid=st.pid, argv=list(st.argv))
                 # The pumps of this stage can start now that its pid is known.
-                for start_pump in pending_pumps:
-                    start_pump()
+                for pending in pending_pumps:
+                    pending.start(self.pumps)
                 pending_pumps.clear()
         finally:
             if prev_read is not None:
                 os.close(prev_read)
-            for start_pump in pending_pumps:  # never started: close their fds
-                getattr(start_pump, "discard", lambda: None)()
+            for pending in pending_pumps:  # never started: close their fds
+                pending.discard()
 
     def _pipe_for_pump(self, child_ends: contextlib.ExitStack, parent_reads: bool) -> tuple[int, int]:
-        """A pipe whose child end is closed after the spawn; returns (child_fd, parent_fd)."""
+        """A pipe whose child end is closed after the spawn; returns (child_fd, parent_fd).
+
+        The parent's end is non-blocking: every user of it waits in poll(), so that a
+        stop, a deadline or a child's exit is always noticed.
+        """
         r, w = os.pipe()
         child, parent = (w, r) if parent_reads else (r, w)
         child_ends.callback(os.close, child)
+        set_nonblocking(parent)
         return child, parent
 
     def _stdin_target(
-        self, st: StageRun, child_ends: contextlib.ExitStack, pending: list[Callable[[], None]]
+        self, st: StageRun, child_ends: contextlib.ExitStack, pending: list[_PendingPump]
     ) -> Any:
         spec = st.spec
         src = spec.stdin
         if self.mode == "in":
             child, parent = self._pipe_for_pump(child_ends, parent_reads=False)
-            set_nonblocking(parent)
             self.in_fd = parent
             return child
         kind = src.kind
@@ -158,7 +181,6 @@ class Wiring:
         else:
             source, source_kind = src.value, "bytes"
         child, parent = self._pipe_for_pump(child_ends, parent_reads=False)
-        set_nonblocking(parent)
         if source_kind == "bytes":
             data = source.encode(spec.encoding or "utf-8", spec.errors if spec.encoding else "strict") \
                 if isinstance(source, str) else source
@@ -195,22 +217,9 @@ class Wiring:
         return self.signals
 
     def _add_pump_starter(
-        self, pending: list[Callable[[], None]], parent_fd: int, make: Callable[[], Feeder | Drainer]
+        self, pending: list[_PendingPump], parent_fd: int, make: Callable[[], Feeder | Drainer]
     ) -> None:
-        state = {"started": False}
-
-        def start_pump() -> None:
-            pump = make()
-            self.pumps.append(pump)
-            state["started"] = True
-            pump.start()
-
-        def discard() -> None:
-            if not state["started"]:
-                os.close(parent_fd)
-
-        start_pump.discard = discard  # type: ignore[attr-defined]
-        pending.append(start_pump)
+        pending.append(_PendingPump(parent_fd, make))
 
     def _out_target(
         self,
@@ -218,12 +227,11 @@ class Wiring:
         stream: str,
         out: OutputSpec,
         child_ends: contextlib.ExitStack,
-        pending: list[Callable[[], None]],
+        pending: list[_PendingPump],
     ) -> Any:
         spec = st.spec
         if stream == "stdout" and self.mode == "out":
             child, parent = self._pipe_for_pump(child_ends, parent_reads=True)
-            set_nonblocking(parent)
             self.out_fd = parent
             return child
         kind = out.kind
@@ -272,7 +280,6 @@ class Wiring:
         chunk_cbs = [fn for fn, lines in out.callbacks if not lines]
         splitters = [LineSplitter(fn, encoding, errors) for fn, lines in out.callbacks if lines]
         child, parent = self._pipe_for_pump(child_ends, parent_reads=True)
-        set_nonblocking(parent)
         # In run/lines/reader/writer the caller's thread waits on the run: it drains a
         # plain capture itself (no thread to start). Callbacks and Python sinks get a thread.
         plain = not out.callbacks and sink_stream is None and sink_fd is None

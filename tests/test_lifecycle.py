@@ -524,3 +524,19 @@ class TestNoRecycledPid:
         running.terminate()
         running.kill()
         assert running.wait(timeout=10).returncode == 3
+
+
+class TestWaitidFallback:
+    """Kernels without pidfds: a waitid(WNOWAIT) thread tells the run that a child exited."""
+
+    def test_run_capture_timeout_and_tree_kill_without_pidfd(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """run(), a timeout and a tree kill behave the same on the fallback."""
+        import procflow._spawn
+
+        monkeypatch.setattr(procflow._spawn, "_force_no_pidfd", True)
+        r = child("mix", "oe", 0, 70_000, 10).stdout_capture().stderr_capture().run()
+        assert r.stdout == b"o" * 70_000 and r.returncode == 0
+        assert Proc("sh", "-c", "exit 3").unchecked().run().returncode == 3
+        with pytest.raises(ProcTimeout) as info:
+            Proc("sh", "-c", "sleep 60 & sleep 60; wait").timeout(0.3).kill_grace(1).run()
+        assert info.value.result.returncode == -signal.SIGTERM
